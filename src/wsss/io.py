@@ -1,0 +1,434 @@
+"""The file formats that the stages exchange, and the atomic writes behind them.
+
+Every reader validates what it reads and raises :class:`WsssError` naming the
+file, so a bad input anywhere in a long run stops with one clear message.
+Formats (see README "File formats"):
+
+* CAM ``<id>.npz``: ``keys`` (int, 1-based present classes), ``cam`` (float16,
+  len(keys)×H×W in [0, 1]). Also read: IRN / PuzzleCAM ``<id>.npy`` dicts
+  (0-based ``keys``, ``high_res``/``hr_cam``/``cam``) and WSSS-BED per-class
+  PNGs ``<id>_<c>.png`` (``c`` = 1-based class index, 8-bit, 255 = 1.0).
+* Saliency: 8-bit grayscale PNG, 255 = salient.
+* Label maps: 8-bit palette PNG with the VOC palette, 0 = background, 255 = ignore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+import os
+import pickle
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IGNORE = 255
+
+
+class WsssError(Exception):
+    """A user-facing error: bad input, missing file, inconsistent data."""
+
+
+# --------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it over ``path`` on success.
+
+    A crash mid-write leaves no half-written output, so "the output exists" can
+    safely mean "this item is done" for resume.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=True))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise WsssError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WsssError(f"{path}: not valid JSON ({e})") from None
+
+
+# --------------------------------------------------------------------------- palette
+def voc_palette() -> np.ndarray:
+    """The 256×3 PASCAL VOC colour map (bit-interleaved class index)."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette
+
+
+_PALETTE_FLAT = voc_palette().reshape(-1).tolist()
+
+
+# --------------------------------------------------------------------------- images
+def _open_image(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise WsssError(f"{path}: file not found")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise WsssError(f"{path}: cannot read image ({e})") from None
+    return img
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """RGB uint8 H×W×3."""
+    return np.asarray(_open_image(Path(path)).convert("RGB"))
+
+
+def save_image(path: str | os.PathLike, rgb: np.ndarray, quality: int = 95) -> None:
+    path = Path(path)
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    buf = _io.BytesIO()
+    kwargs = {"quality": quality, "subsampling": 0} if fmt == "JPEG" else {}
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB").save(buf, format=fmt, **kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) read from the header only."""
+    path = Path(path)
+    if not path.is_file():
+        raise WsssError(f"{path}: file not found")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise WsssError(f"{path}: cannot read image ({e})") from None
+    return h, w
+
+
+# --------------------------------------------------------------------------- label maps
+def save_label(path: str | os.PathLike, label: np.ndarray) -> None:
+    """8-bit palette PNG with the VOC palette."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label map must be 2-D, got shape {label.shape}")
+    img = Image.fromarray(label.astype(np.uint8), "P")
+    img.putpalette(_PALETTE_FLAT)
+    buf = _io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_label(
+    path: str | os.PathLike,
+    num_classes: int | None = None,
+    shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """uint8 H×W label map; values must be < ``num_classes`` (background included) or 255."""
+    path = Path(path)
+    img = _open_image(path)
+    if img.mode not in ("P", "L", "I", "I;16"):
+        raise WsssError(f"{path}: label map must be a palette or grayscale PNG, got mode {img.mode}")
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        if arr.max(initial=0) > 255 or arr.min(initial=0) < 0:
+            raise WsssError(f"{path}: label values outside 0..255")
+        arr = arr.astype(np.uint8)
+    if shape is not None and arr.shape != tuple(shape):
+        raise WsssError(f"{path}: size {arr.shape[1]}×{arr.shape[0]} does not match the image {shape[1]}×{shape[0]}")
+    if num_classes is not None:
+        bad = (arr >= num_classes) & (arr != IGNORE)
+        if bad.any():
+            vals = np.unique(arr[bad])[:5].tolist()
+            raise WsssError(
+                f"{path}: label values {vals} are >= num_classes={num_classes} and not 255 (ignore)"
+            )
+    return arr
+
+
+def load_instances(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Instance id map (VOC SegmentationObject): 0 = background, 255 = ignore, k = instance k."""
+    return load_label(path, None, shape)
+
+
+# --------------------------------------------------------------------------- saliency
+def save_saliency(path: str | os.PathLike, sal: np.ndarray) -> None:
+    """Saliency in [0, 1] (float) or uint8 0..255 → 8-bit grayscale PNG."""
+    sal = np.asarray(sal)
+    if sal.dtype != np.uint8:
+        sal = np.clip(np.rint(sal.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    buf = _io.BytesIO()
+    Image.fromarray(sal, "L").save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_saliency(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """float32 H×W in [0, 1]."""
+    path = Path(path)
+    img = _open_image(path)
+    if img.mode not in ("L", "P", "RGB", "RGBA", "I", "I;16", "1"):
+        raise WsssError(f"{path}: unsupported saliency image mode {img.mode}")
+    arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    if shape is not None and arr.shape != tuple(shape):
+        raise WsssError(f"{path}: size {arr.shape[1]}×{arr.shape[0]} does not match the image {shape[1]}×{shape[0]}")
+    return arr
+
+
+# --------------------------------------------------------------------------- CAMs
+def save_cam(path: str | os.PathLike, keys: np.ndarray, cam: np.ndarray) -> None:
+    """Write the CAM ``.npz`` (``keys`` 1-based class ids, ``cam`` float16 len(keys)×H×W)."""
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    cam = np.asarray(cam)
+    if cam.ndim != 3 or cam.shape[0] != keys.size:
+        raise ValueError(f"cam must be len(keys)×H×W, got {cam.shape} for {keys.size} keys")
+    buf = _io.BytesIO()
+    np.savez_compressed(buf, keys=keys, cam=cam.astype(np.float16))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles the dicts of arrays that IRN / PuzzleCAM write, and nothing else.
+
+    ``np.load(allow_pickle=True)`` would run arbitrary code from a downloaded file;
+    this unpickler only admits the numpy reconstruction functions.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _load_npy_dict(path: Path) -> dict:
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            _shape, _fortran, dtype = read_header(f)
+        except ValueError as e:
+            raise WsssError(f"{path}: not a .npy file ({e})") from None
+        if dtype.hasobject:
+            try:
+                obj = _NumpyOnlyUnpickler(f).load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
+                raise WsssError(f"{path}: cannot read CAM dict ({e})") from None
+            if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.size == 1:
+                obj = obj.reshape(-1)[0]
+            if not isinstance(obj, dict):
+                raise WsssError(f"{path}: expected a dict with 'keys' and 'cam', got {type(obj).__name__}")
+            return obj
+    raise WsssError(f"{path}: a plain array has no class keys; expected an IRN/PuzzleCAM dict")
+
+
+def _validated_cam(path: Path, keys: np.ndarray, cam: np.ndarray, shape, num_classes) -> tuple:
+    keys = np.asarray(keys).reshape(-1).astype(np.int64)
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.ndim == 2:
+        cam = cam[None]
+    if cam.ndim != 3 or cam.shape[0] != keys.size:
+        raise WsssError(f"{path}: cam has shape {cam.shape} but there are {keys.size} keys")
+    if not np.isfinite(cam).all():
+        raise WsssError(f"{path}: CAM contains NaN or infinite values")
+    if keys.size and (keys.min() < 1 or (num_classes is not None and keys.max() >= num_classes)):
+        raise WsssError(f"{path}: class keys {keys.tolist()} outside 1..{(num_classes or 0) - 1}")
+    if shape is not None and cam.shape[1:] != tuple(shape):
+        raise WsssError(
+            f"{path}: CAM size {cam.shape[2]}×{cam.shape[1]} does not match the image {shape[1]}×{shape[0]}"
+        )
+    return keys, cam
+
+
+def load_cam(
+    path: str | os.PathLike,
+    shape: tuple[int, int] | None = None,
+    num_classes: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a CAM in any supported layout → (keys 1-based int64, cam float32 len(keys)×H×W).
+
+    ``path`` is the ``.npz``/``.npy`` file, or for WSSS-BED per-class PNGs the
+    ``<dir>/<id>`` stem (files ``<dir>/<id>_<c>.png``). ``num_classes`` counts
+    background.
+    """
+    path = Path(path)
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise WsssError(f"{path}: file not found")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if "keys" not in z or "cam" not in z:
+                    raise WsssError(f"{path}: expected arrays 'keys' and 'cam', found {sorted(z.files)}")
+                keys, cam = z["keys"], z["cam"]
+        except (ValueError, OSError, EOFError) as e:
+            raise WsssError(f"{path}: cannot read CAM file ({e})") from None
+        return _validated_cam(path, keys, cam, shape, num_classes)
+    if path.suffix == ".npy":
+        if not path.is_file():
+            raise WsssError(f"{path}: file not found")
+        d = _load_npy_dict(path)
+        cam = next((d[k] for k in ("high_res", "hr_cam", "cam") if k in d), None)
+        if cam is None or "keys" not in d:
+            raise WsssError(f"{path}: expected keys 'keys' and 'high_res'/'hr_cam'/'cam', found {sorted(d)}")
+        keys = np.asarray(d["keys"]).reshape(-1).astype(np.int64) + 1  # IRN/PuzzleCAM keys are 0-based
+        cam = np.asarray(cam, dtype=np.float32)
+        if keys.size and cam.shape[0] == keys.size + 1:  # some dumps keep a background channel first
+            cam = cam[1:]
+        return _validated_cam(path, keys, cam, shape, num_classes)
+    # WSSS-BED per-class PNGs: <stem>_<c>.png
+    pngs = sorted(path.parent.glob(f"{path.name}_*.png"))
+    found = []
+    for p in pngs:
+        suffix = p.stem[len(path.name) + 1 :]
+        if suffix.isdigit():
+            found.append((int(suffix), p))
+    if not found:
+        raise WsssError(f"{path}: no CAM found (.npz, .npy or per-class {path.name}_<c>.png)")
+    found.sort()
+    keys = np.array([c for c, _ in found], dtype=np.int64)
+    maps = []
+    for _, p in found:
+        img = _open_image(p)
+        maps.append(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
+    if len({m.shape for m in maps}) > 1:
+        raise WsssError(f"{path}: per-class CAM PNGs have different sizes")
+    return _validated_cam(path, keys, np.stack(maps), shape, num_classes)
+
+
+def find_cam(cam_dir: str | os.PathLike, image_id: str) -> Path:
+    """The CAM path for ``image_id`` in any supported layout (for :func:`load_cam`)."""
+    cam_dir = Path(cam_dir)
+    for ext in (".npz", ".npy"):
+        p = cam_dir / f"{image_id}{ext}"
+        if p.is_file():
+            return p
+    stem = cam_dir / image_id
+    if next(cam_dir.glob(f"{image_id}_*.png"), None) is not None:
+        return stem
+    raise WsssError(f"{cam_dir / (image_id + '.npz')}: CAM file not found")
+
+
+# --------------------------------------------------------------------------- run records
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("wsss", "numpy", "torch", "torchvision", "timm", "scipy", "pillow", "opencv-contrib-python-headless"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_run_json(
+    out_dir: str | os.PathLike,
+    stage: str,
+    config: dict,
+    seed: int | None = None,
+    timings: dict | None = None,
+    extra: dict | None = None,
+    name: str = "run.json",
+) -> Path:
+    """Record what produced a folder: stage, config, versions, git sha, seed, timings."""
+    out = Path(out_dir) / name
+    record = {
+        "stage": stage,
+        "config": config,
+        "seed": seed,
+        "versions": versions(),
+        "git_sha": _git_sha(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "timings": timings or {},
+    }
+    if extra:
+        record.update(extra)
+    write_json(out, record)
+    return out
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    """``"i/N"`` → (i, N); None → (0, 1). Falls back to torchrun's RANK/WORLD_SIZE."""
+    if shard is None:
+        rank = int(os.environ.get("RANK", 0))
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        return rank, world
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise WsssError(f"--shard must look like i/N (e.g. 0/4), got {shard!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise WsssError(f"--shard {shard}: need 0 <= i < N")
+    return i, n
+
+
+def shard_list(items: list, shard: tuple[int, int]) -> list:
+    i, n = shard
+    return items[i::n]
