@@ -178,7 +178,9 @@ def load_label(
             raise WsssError(f"{path}: label values outside 0..255")
         arr = arr.astype(np.uint8)
     if shape is not None and arr.shape != tuple(shape):
-        raise WsssError(f"{path}: size {arr.shape[1]}×{arr.shape[0]} does not match the image {shape[1]}×{shape[0]}")
+        raise WsssError(
+            f"{path}: size {arr.shape[1]}×{arr.shape[0]} does not match the image {shape[1]}×{shape[0]}"
+        )
     if num_classes is not None:
         bad = (arr >= num_classes) & (arr != IGNORE)
         if bad.any():
@@ -213,7 +215,9 @@ def load_saliency(path: str | os.PathLike, shape: tuple[int, int] | None = None)
         raise WsssError(f"{path}: unsupported saliency image mode {img.mode}")
     arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     if shape is not None and arr.shape != tuple(shape):
-        raise WsssError(f"{path}: size {arr.shape[1]}×{arr.shape[0]} does not match the image {shape[1]}×{shape[0]}")
+        raise WsssError(
+            f"{path}: size {arr.shape[1]}×{arr.shape[0]} does not match the image {shape[1]}×{shape[0]}"
+        )
     return arr
 
 
@@ -257,7 +261,9 @@ def _load_npy_dict(path: Path) -> dict:
         try:
             version = np.lib.format.read_magic(f)
             read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
             )
             _shape, _fortran, dtype = read_header(f)
         except ValueError as e:
@@ -380,7 +386,16 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("wsss", "numpy", "torch", "torchvision", "timm", "scipy", "pillow", "opencv-contrib-python-headless"):
+    for pkg in (
+        "wsss",
+        "numpy",
+        "torch",
+        "torchvision",
+        "timm",
+        "scipy",
+        "pillow",
+        "opencv-contrib-python-headless",
+    ):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

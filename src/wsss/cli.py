@@ -1,0 +1,275 @@
+"""The ``wsss`` command: one sub-command per stage, each a thin layer over the Python API.
+
+Every command takes the dataset as ``--data ROOT --dataset KIND --split NAME``
+and reads/writes the documented file formats, so stages can be mixed with
+maps made by other tools. Bad input ends with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wsss.io import WsssError, parse_shard
+
+app = typer.Typer(
+    name="wsss",
+    help="Weakly-supervised semantic segmentation from image-level labels.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+cam_app = typer.Typer(
+    help="Stage 1: train a CAM network and infer class activation maps.", no_args_is_help=True
+)
+app.add_typer(cam_app, name="cam")
+
+DataRoot = Annotated[Path, typer.Option("--data", help="Dataset root folder.")]
+DataKind = Annotated[str, typer.Option("--dataset", help="Dataset kind: synthetic, voc, coco, folder.")]
+Split = Annotated[
+    str, typer.Option("--split", help="Split name (a list under ImageSets/Segmentation for VOC).")
+]
+Shard = Annotated[
+    str | None, typer.Option("--shard", help="Process shard i of N ('i/N'); default RANK/WORLD_SIZE.")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Sets = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key: key=value (repeatable).")
+]
+
+
+def _dataset(root: Path, kind: str, split: str):
+    from wsss.data import build_dataset
+
+    return build_dataset(kind, root, split)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise WsssError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _saliency_arg(ds, value: str | None) -> Path | None:
+    """A folder path, or the name of a source under the dataset's ``saliency/``."""
+    if value is None or value == "none":
+        return None
+    p = Path(value)
+    if p.is_dir():
+        return p
+    d = ds.saliency_dir(value)
+    if d.is_dir():
+        return d
+    raise WsssError(
+        f"{value}: saliency folder not found (neither a folder nor a source in {ds.saliency_dir('')})"
+    )
+
+
+# ---------------------------------------------------------------------------- synth
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Output folder (VOC layout).")],
+    preset: Annotated[str, typer.Option(help="Named preset: tiny or demo.")] = "demo",
+    seed: int = 0,
+    shapes: Annotated[
+        Path | None, typer.Option(help="Shape bank: DIR/<class_name>/*.png silhouettes.")
+    ] = None,
+    sets: Sets = None,
+    overwrite: bool = False,
+    quiet: Quiet = False,
+) -> None:
+    """Generate the embedded synthetic benchmark (deterministic given preset, overrides and seed)."""
+    from wsss.config import apply_overrides
+    from wsss.data.synthetic import generate
+
+    overrides = apply_overrides({}, sets or [])
+    root = generate(
+        out, preset, seed=seed, shapes_dir=shapes, progress=not quiet, overwrite=overwrite, **overrides
+    )
+    typer.echo(f"dataset written to {root}")
+
+
+# ---------------------------------------------------------------------------- stage 1
+@cam_app.command("train")
+def cam_train(
+    data: DataRoot,
+    out: Annotated[Path, typer.Option(help="Output folder for checkpoints and weights.")],
+    dataset: DataKind = "synthetic",
+    split: Split = "train",
+    method: Annotated[str, typer.Option(help="CAM training method.")] = "cam",
+    config: Annotated[Path | None, typer.Option(help="YAML file with CamTrainConfig fields.")] = None,
+    sets: Sets = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train a CAM network on image-level labels (resumes from out/checkpoint.pt)."""
+    from wsss.cam import CamTrainConfig, train_cam
+    from wsss.config import apply_overrides, dataclass_from_dict, load_yaml
+
+    values = load_yaml(config) if config else {}
+    values = apply_overrides(values, sets or [])
+    cfg = dataclass_from_dict(CamTrainConfig, values, str(config or "--set"))
+    ds = _dataset(data, dataset, split)
+    ds.check_labels()
+    path = train_cam(ds, out, cfg, method=method, progress=not quiet)
+    typer.echo(f"weights: {path}")
+
+
+@cam_app.command("infer")
+def cam_infer(
+    data: DataRoot,
+    model: Annotated[Path, typer.Option(help="Training output folder or weights file.")],
+    out: Annotated[Path, typer.Option(help="Folder for <id>.npz CAMs.")],
+    dataset: DataKind = "synthetic",
+    split: Split = "train",
+    scales: Annotated[str, typer.Option(help="TTA scales, comma-separated.")] = "0.5,1.0,1.5,2.0",
+    flip: Annotated[bool, typer.Option(help="Add horizontally flipped inputs.")] = True,
+    shard: Shard = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1… (default: cuda if available).")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Infer CAMs with test-time augmentation (skips images already done)."""
+    from wsss.cam import infer_cams
+
+    ds = _dataset(data, dataset, split)
+    infer_cams(ds, model, out, scales=_floats(scales), flip=flip, shard=parse_shard(shard), device=device,
+               progress=not quiet)  # fmt: skip
+    typer.echo(f"CAMs in {out}")
+
+
+# ---------------------------------------------------------------------------- stage 3
+@app.command()
+def pseudo(
+    data: DataRoot,
+    cams: Annotated[Path, typer.Option(help="CAM folder (.npz, IRN .npy or WSSS-BED PNGs).")],
+    out: Annotated[Path, typer.Option(help="Folder for <id>.png pseudo labels.")],
+    tau: Annotated[float, typer.Option(help="CAM threshold τ.")],
+    dataset: DataKind = "synthetic",
+    split: Split = "train",
+    saliency: Annotated[
+        str | None, typer.Option(help="Saliency folder or source name; omit for none.")
+    ] = None,
+    sal_threshold: Annotated[float, typer.Option(help="Saliency binarisation threshold.")] = 0.2,
+    ignore_salient_bg: Annotated[bool, typer.Option(help="Salient pixels left as background → 255.")] = True,
+    shard: Shard = None,
+    quiet: Quiet = False,
+) -> None:
+    """Pseudo labels by threshold (+ saliency): seed 000's Algorithm 1."""
+    from wsss.pseudo.threshold import make_pseudo_labels
+
+    ds = _dataset(data, dataset, split)
+    make_pseudo_labels(ds, cams, out, tau, saliency_dir=_saliency_arg(ds, saliency), sal_threshold=sal_threshold,
+                       ignore_salient_bg=ignore_salient_bg, shard=parse_shard(shard), progress=not quiet)  # fmt: skip
+    typer.echo(f"pseudo labels in {out}")
+
+
+@app.command()
+def sweep(
+    data: DataRoot,
+    cams: Annotated[Path, typer.Option(help="CAM folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for sweep.csv / sweep.json / sweep.png.")],
+    dataset: DataKind = "synthetic",
+    split: Split = "train",
+    saliency: Annotated[
+        list[str] | None, typer.Option(help="Source name or NAME=DIR (repeatable); 'none' = no saliency.")
+    ] = None,
+    taus: Annotated[str, typer.Option(help="start:stop:step or a comma-separated list.")] = "0.05:0.95:0.05",
+    sal_threshold: float = 0.2,
+    ignore_salient_bg: bool = True,
+    workers: int = 1,
+    quiet: Quiet = False,
+) -> None:
+    """Sweep τ with and without saliency; report mIoU/precision/recall per τ and the best τ."""
+    from wsss.pipeline import tau_grid
+    from wsss.pseudo.sweep import sweep_tau, write_sweep
+
+    ds = _dataset(data, dataset, split)
+    if ":" in taus:
+        start, stop, step = _floats(taus.replace(":", ","))
+        grid = tau_grid({"start": start, "stop": stop, "step": step})
+    else:
+        grid = list(_floats(taus))
+    sources: dict[str, Path | None] = {}
+    for s in saliency or ["none"]:
+        name, _, path = s.partition("=")
+        sources[name] = _saliency_arg(ds, path or name)
+    result = sweep_tau(ds, cams, taus=grid, saliency_dirs=sources, sal_threshold=sal_threshold,
+                       ignore_salient_bg=ignore_salient_bg, workers=workers, progress=not quiet)  # fmt: skip
+    write_sweep(result, out)
+    for name, r in result["sources"].items():
+        b = r["best"]
+        typer.echo(f"{name:>12}: best τ = {b['tau']:.2f}  mIoU {100 * b['miou']:.1f}")
+
+
+# ---------------------------------------------------------------------------- evaluate
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Option(help="Folder of predicted label PNGs.")],
+    gt: Annotated[Path, typer.Option(help="Folder of ground-truth label PNGs (matched by file stem).")],
+    num_classes: Annotated[int, typer.Option(help="Number of classes including background.")],
+    instances: Annotated[
+        Path | None, typer.Option(help="Instance-id PNGs (else connected components).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
+    bounds: Annotated[str, typer.Option(help="IA-mIoU small,medium size bounds in pixels.")] = "1024,9216",
+    class_names: Annotated[Path | None, typer.Option(help="class_names.txt (background first).")] = None,
+    workers: int = 1,
+    quiet: Quiet = False,
+) -> None:
+    """mIoU, precision/recall/FPR/FNR, IA-mIoU (S/M/L) and class groups of a folder of predictions."""
+    from wsss.data.base import read_class_names
+    from wsss.io import write_json
+    from wsss.metrics.evaluate import evaluate_dirs, format_table
+
+    b = _floats(bounds)
+    if len(b) != 2:
+        raise WsssError(f"--bounds expects two numbers, got {bounds!r}")
+    names = read_class_names(class_names) if class_names else None
+    res = evaluate_dirs(pred, gt, num_classes, instances_dir=instances, class_names=names,
+                        bounds=(int(b[0]), int(b[1])), workers=workers, progress=not quiet)  # fmt: skip
+    typer.echo(format_table(res))
+    if json_out:
+        write_json(json_out, res)
+
+
+# ---------------------------------------------------------------------------- whole pipeline
+@app.command()
+def run(
+    config: Annotated[str, typer.Argument(help="YAML config, or a built-in name (demo, tiny).")],
+    sets: Sets = None,
+    out: Annotated[str | None, typer.Option(help="Run folder (overrides the config's `out`).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Run every stage of a config in order; rerun to resume."""
+    from wsss.pipeline import run_pipeline
+
+    run_pipeline(config, sets, out=out, progress=not quiet)
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="Run folder.")] = "runs/demo",
+    sets: Sets = None,
+    quiet: Quiet = False,
+) -> None:
+    """The end-to-end demo: synthetic data → CAM → τ sweeps → pseudo labels → evaluation (~10 min on 2 CPUs)."""
+    from wsss.pipeline import run_pipeline
+
+    run_pipeline("demo", sets, out=out, progress=not quiet)
+
+
+def main() -> None:
+    try:
+        app()
+    except WsssError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,366 @@
+"""``wsss run CONFIG``: every stage in order from one config, resumable.
+
+Stages talk only through files in the run folder (the same files the
+per-stage CLI commands read and write), so a run can be stopped anywhere and
+restarted: a stage whose completion record matches the current config is
+skipped, a half-finished stage resumes item by item, and a stage whose config
+changed under existing outputs stops with an error instead of mixing results.
+
+Run folder::
+
+    data/                  the synthetic dataset (when `data.synth` is set)
+    cam/                   classifier checkpoint, weights, train_log.csv, run.json
+    cams/                  <id>.npz CAMs for the images of every evaluated split
+    sweep/                 τ sweep on the sweep split: sweep.csv/json/png
+    pseudo/<source>/       <id>.png pseudo labels at the source's best τ
+    eval/<source>_<split>.json
+    stages/<stage>.json    completion records (config hash, seconds)
+    report.md, run.json
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from wsss.config import (
+    apply_overrides,
+    builtin_config,
+    config_hash,
+    dataclass_from_dict,
+    deep_merge,
+    load_yaml,
+)
+from wsss.data import Dataset, build_dataset
+from wsss.io import WsssError, atomic_write_text, read_json, write_json, write_run_json
+
+console = Console(stderr=True)
+
+DEFAULTS: dict[str, Any] = {
+    "out": "runs/run",
+    "seed": 0,
+    "data": {
+        "kind": "synthetic",
+        "root": None,  # default: <out>/data when `synth` is set
+        "synth": None,  # e.g. {preset: demo}; generates the embedded dataset first
+        "train_split": "train",
+        "eval_splits": ["train", "val_balanced"],
+        "max_images": {},  # split → first N ids (keeps the demo inside its time budget)
+    },
+    "cam": {
+        "method": "cam",
+        "train": {},  # CamTrainConfig fields
+        "infer": {"scales": [0.5, 1.0, 1.5, 2.0], "flip": True},
+    },
+    "pseudo": {
+        "saliency": ["none"],  # "none" = background is the constant τ; else a source under data/saliency/
+        "taus": {"start": 0.05, "stop": 0.95, "step": 0.05},
+        "sal_threshold": 0.2,
+        "ignore_salient_bg": True,
+        "sweep_split": "train",
+    },
+    "evaluate": {"bounds": None, "workers": 1},  # bounds None: the dataset's ia_bounds, else 1024/9216
+}
+
+
+def load_run_config(source: str | Path | dict, overrides: list[str] | None = None) -> dict:
+    """A YAML path, a built-in name (``demo``, ``tiny``) or a dict → full config."""
+    if isinstance(source, dict):
+        user = source
+    elif Path(source).suffix in (".yaml", ".yml") or Path(source).is_file():
+        user = load_yaml(source)
+    else:
+        user = builtin_config(str(source))
+    cfg = deep_merge(DEFAULTS, user)
+    cfg = apply_overrides(cfg, overrides or [])
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise WsssError(f"config: unknown top-level keys {unknown}; valid: {sorted(DEFAULTS)}")
+    return cfg
+
+
+def tau_grid(spec: dict | list) -> list[float]:
+    if isinstance(spec, list):
+        return [float(t) for t in spec]
+    start, stop, step = float(spec["start"]), float(spec["stop"]), float(spec["step"])
+    n = int(math.floor((stop - start) / step + 1e-9)) + 1
+    return [round(start + i * step, 6) for i in range(n)]
+
+
+class Pipeline:
+    """Runs the stages of one config in one folder."""
+
+    def __init__(self, cfg: dict, progress: bool = True):
+        self.cfg = cfg
+        self.out = Path(cfg["out"])
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self.results: dict[str, Any] = {}
+        dcfg = cfg["data"]
+        self.data_root = Path(dcfg["root"]) if dcfg["root"] else self.out / "data"
+
+    # ------------------------------------------------------------------ helpers
+    def _stage(self, name: str, stage_cfg: Any, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` unless its completion record matches ``stage_cfg``."""
+        record_path = self.out / "stages" / f"{name}.json"
+        h = config_hash(stage_cfg)
+        if record_path.is_file():
+            record = read_json(record_path)
+            if record.get("config_hash") == h:
+                console.print(f"[dim]• {name}: done already ({record_path})[/dim]")
+                self.timings[name] = 0.0
+                return record.get("result")
+            raise WsssError(
+                f"{record_path}: stage {name!r} was completed with a different config; "
+                "use a new `out` folder or delete that stage's outputs"
+            )
+        console.rule(f"[bold]{name}")
+        t0 = time.perf_counter()
+        result = fn()
+        dt = time.perf_counter() - t0
+        self.timings[name] = dt
+        write_json(
+            record_path,
+            {"stage": name, "config_hash": h, "config": stage_cfg, "seconds": dt, "result": result},
+        )
+        console.print(f"[green]✓ {name}[/green] ({dt:.1f} s)")
+        return result
+
+    def dataset(self, split: str) -> Dataset:
+        ds = build_dataset(self.cfg["data"]["kind"], self.data_root, split)
+        limit = (self.cfg["data"].get("max_images") or {}).get(split)
+        if limit:
+            ds.ids = ds.ids[: int(limit)]
+        return ds
+
+    def ia_bounds(self) -> tuple[int, int]:
+        b = self.cfg["evaluate"].get("bounds")
+        if b:
+            return int(b[0]), int(b[1])
+        meta = self.data_root / "dataset.json"
+        if meta.is_file():
+            m = read_json(meta)
+            if "ia_bounds" in m:
+                return int(m["ia_bounds"][0]), int(m["ia_bounds"][1])
+        return 1024, 9216
+
+    def saliency_sources(self, ds: Dataset) -> dict[str, Path | None]:
+        srcs = self.cfg["pseudo"]["saliency"]
+        items = srcs.items() if isinstance(srcs, dict) else ((s, None) for s in srcs)
+        out: dict[str, Path | None] = {}
+        for name, path in items:
+            if name == "none":
+                out[name] = None
+            else:
+                d = Path(path) if path else ds.saliency_dir(name)
+                if not d.is_dir():
+                    raise WsssError(f"{d}: saliency folder for source {name!r} not found")
+                out[name] = d
+        return out
+
+    # ------------------------------------------------------------------ stages
+    def run(self) -> dict:
+        t_start = time.perf_counter()
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "config.json", cfg)
+
+        if cfg["data"].get("synth"):
+            self._stage("synth", cfg["data"]["synth"], self._synth)
+        train_ds = self.dataset(cfg["data"]["train_split"])
+        train_ds.check_labels()
+
+        cam_cfg = {"method": cfg["cam"]["method"], "train": cfg["cam"]["train"], "seed": cfg["seed"]}
+        self._stage("cam_train", cam_cfg, lambda: self._train(train_ds))
+
+        eval_splits = list(dict.fromkeys([cfg["pseudo"]["sweep_split"], *cfg["data"]["eval_splits"]]))
+        infer_cfg = {
+            **cam_cfg,
+            "infer": cfg["cam"]["infer"],
+            "splits": eval_splits,
+            "limits": cfg["data"]["max_images"],
+        }
+        self._stage("cam_infer", infer_cfg, lambda: self._infer(eval_splits))
+
+        sweep_ds = self.dataset(cfg["pseudo"]["sweep_split"])
+        sweep_cfg = {**infer_cfg, "pseudo": cfg["pseudo"]}
+        best = self._stage("sweep", sweep_cfg, lambda: self._sweep(sweep_ds))
+
+        eval_cfg = {**sweep_cfg, "evaluate": cfg["evaluate"], "eval_splits": cfg["data"]["eval_splits"]}
+        evals = self._stage("pseudo_eval", eval_cfg, lambda: self._pseudo_and_evaluate(best))
+
+        self.results = {"best_tau": best, "evaluation": evals}
+        self.timings["total"] = time.perf_counter() - t_start
+        self._write_report()
+        write_run_json(
+            self.out, "run", cfg, seed=cfg["seed"], timings=self.timings, extra={"results": self.results}
+        )
+        self.print_summary()
+        return self.results
+
+    def _synth(self) -> dict:
+        from wsss.data.synthetic import generate
+
+        spec = dict(self.cfg["data"]["synth"])
+        preset = spec.pop("preset", "demo")
+        shapes = spec.pop("shapes", None)
+        generate(
+            self.data_root, preset, seed=self.cfg["seed"], shapes_dir=shapes, progress=self.progress, **spec
+        )
+        return {"root": str(self.data_root)}
+
+    def _train(self, ds: Dataset) -> dict:
+        from wsss.cam import CamTrainConfig, train_cam
+
+        tcfg = dict(self.cfg["cam"]["train"])
+        tcfg.setdefault("seed", self.cfg["seed"])
+        config = dataclass_from_dict(CamTrainConfig, tcfg, "cam.train")
+        weights = train_cam(
+            ds, self.out / "cam", config, method=self.cfg["cam"]["method"], progress=self.progress
+        )
+        return {"weights": str(weights)}
+
+    def _infer(self, splits: list[str]) -> dict:
+        from wsss.cam import infer_cams
+
+        icfg = self.cfg["cam"]["infer"]
+        n = 0
+        for split in splits:
+            ds = self.dataset(split)
+            infer_cams(
+                ds,
+                self.out / "cam",
+                self.out / "cams",
+                scales=tuple(icfg["scales"]),
+                flip=bool(icfg["flip"]),
+                progress=self.progress,
+            )
+            n += len(ds)
+        return {"images": n}
+
+    def _sweep(self, ds: Dataset) -> dict:
+        from wsss.pseudo.sweep import sweep_tau, write_sweep
+
+        p = self.cfg["pseudo"]
+        result = sweep_tau(
+            ds,
+            self.out / "cams",
+            taus=tau_grid(p["taus"]),
+            saliency_dirs=self.saliency_sources(ds),
+            sal_threshold=p["sal_threshold"],
+            ignore_salient_bg=p["ignore_salient_bg"],
+            workers=self.cfg["evaluate"].get("workers", 1),
+            progress=self.progress,
+        )
+        write_sweep(result, self.out / "sweep")
+        return {src: r["best"] for src, r in result["sources"].items()}
+
+    def _pseudo_and_evaluate(self, best: dict) -> dict:
+        from wsss.metrics.evaluate import evaluate_dataset
+        from wsss.pseudo.threshold import make_pseudo_labels
+
+        p = self.cfg["pseudo"]
+        out: dict[str, dict] = {}
+        for split in self.cfg["data"]["eval_splits"]:
+            ds = self.dataset(split)
+            for src, sal_dir in self.saliency_sources(ds).items():
+                tau = float(best[src]["tau"])
+                pseudo_dir = self.out / "pseudo" / src
+                make_pseudo_labels(
+                    ds,
+                    self.out / "cams",
+                    pseudo_dir,
+                    tau,
+                    saliency_dir=sal_dir,
+                    sal_threshold=p["sal_threshold"],
+                    ignore_salient_bg=p["ignore_salient_bg"],
+                    progress=self.progress,
+                )
+                res = evaluate_dataset(
+                    pseudo_dir,
+                    ds,
+                    bounds=self.ia_bounds(),
+                    workers=self.cfg["evaluate"].get("workers", 1),
+                    progress=self.progress,
+                )
+                res.update({"split": split, "saliency": src, "tau": tau, "num_images": len(ds)})
+                write_json(self.out / "eval" / f"{src}_{split}.json", res)
+                out[f"{src}/{split}"] = {
+                    k: res[k]
+                    for k in ("saliency", "split", "tau", "miou", "ia_miou", "ia_miou_small", "ia_miou_medium",
+                              "ia_miou_large", "precision_mean", "recall_mean", "num_images")
+                    if k in res
+                }  # fmt: skip
+        return out
+
+    # ------------------------------------------------------------------ output
+    def summary_rows(self) -> list[list[str]]:
+        rows = []
+        for key, r in self.results.get("evaluation", {}).items():
+            rows.append(
+                [r["saliency"], r["split"], f"{r['tau']:.2f}"]
+                + [
+                    _pct(r.get(k))
+                    for k in (
+                        "miou",
+                        "ia_miou",
+                        "ia_miou_small",
+                        "ia_miou_medium",
+                        "ia_miou_large",
+                        "precision_mean",
+                        "recall_mean",
+                    )
+                ]  # fmt: skip
+            )
+            del key
+        return rows
+
+    HEADERS = ["saliency", "split", "τ", "mIoU", "IA-mIoU", "IA-S", "IA-M", "IA-L", "prec", "recall"]
+
+    def print_summary(self) -> None:
+        table = Table(title=f"Pseudo labels at the best τ (chosen on {self.cfg['pseudo']['sweep_split']})")
+        for h in self.HEADERS:
+            table.add_column(h, justify="right" if h not in ("saliency", "split") else "left")
+        for row in self.summary_rows():
+            table.add_row(*row)
+        Console().print(table)
+        console.print(f"total {self.timings.get('total', 0.0):.0f} s — report: {self.out / 'report.md'}")
+
+    def _write_report(self) -> None:
+        lines = [
+            f"# wsss run: `{self.out}`",
+            "",
+            f"Dataset `{self.cfg['data']['kind']}` at `{self.data_root}`, CAM method `{self.cfg['cam']['method']}`, "
+            f"seed {self.cfg['seed']}. IA-mIoU size bounds {self.ia_bounds()} px.",
+            "",
+            f"## Pseudo labels at the best τ (chosen on `{self.cfg['pseudo']['sweep_split']}`)",
+            "",
+            "| " + " | ".join(self.HEADERS) + " |",
+            "|" + "---|" * len(self.HEADERS),
+        ]
+        lines += ["| " + " | ".join(r) + " |" for r in self.summary_rows()]
+        lines += ["", "Scores in percent. IA-S/M/L: instance-aware mIoU of small/medium/large objects.", ""]
+        lines += ["## τ sweep", "", "![τ sweep](sweep/sweep.png)", "", "Full numbers: `sweep/sweep.csv`.", ""]
+        lines += ["## Timings", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in self.timings.items()]
+        atomic_write_text(self.out / "report.md", "\n".join(lines) + "\n")
+
+
+def _pct(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{100 * float(v):.1f}"
+
+
+def run_pipeline(source: str | Path | dict, overrides: list[str] | None = None, out: str | None = None,
+                 progress: bool = True) -> dict:  # fmt: skip
+    cfg = load_run_config(source, overrides)
+    if out:
+        cfg["out"] = out
+    return Pipeline(cfg, progress=progress).run()
