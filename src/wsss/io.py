@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IGNORE = 255
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 class WsssError(Exception):
@@ -50,6 +61,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs should be as readable as open()'s
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -155,6 +167,8 @@ def save_label(path: str | os.PathLike, label: np.ndarray) -> None:
     label = np.asarray(label)
     if label.ndim != 2:
         raise ValueError(f"label map must be 2-D, got shape {label.shape}")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"label values must be in 0..255, got {label.min()}..{label.max()}")
     img = Image.fromarray(label.astype(np.uint8), "P")
     img.putpalette(_PALETTE_FLAT)
     buf = _io.BytesIO()
@@ -253,7 +267,20 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):  # IRN saves CPU tensors in its dicts
+            import torch._utils
+
+            return torch._utils._rebuild_tensor_v2
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return _tensor_storage_from_bytes
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _tensor_storage_from_bytes(data: bytes) -> Any:
+    """torch's own storage unpickler, but with ``weights_only=True``: tensors only, no code."""
+    import torch
+
+    return torch.load(_io.BytesIO(data), weights_only=True)
 
 
 def _load_npy_dict(path: Path) -> dict:
@@ -319,7 +346,7 @@ def load_cam(
                 if "keys" not in z or "cam" not in z:
                     raise WsssError(f"{path}: expected arrays 'keys' and 'cam', found {sorted(z.files)}")
                 keys, cam = z["keys"], z["cam"]
-        except (ValueError, OSError, EOFError) as e:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise WsssError(f"{path}: cannot read CAM file ({e})") from None
         return _validated_cam(path, keys, cam, shape, num_classes)
     if path.suffix == ".npy":

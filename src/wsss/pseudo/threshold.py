@@ -1,0 +1,244 @@
+"""Pseudo labels by thresholding CAMs, with or without saliency (seed 000, Algorithm 1).
+
+Algorithm 1 stacks a background score (``1 - S_bin``, or the constant τ
+without saliency) on the class scores (CAM where > τ, else 0) and takes the
+argmax. Because the class scores are the CAM itself wherever they can win,
+the argmax reduces to comparing the per-pixel CAM maximum ``m`` with τ and
+with the background score: a pixel gets the class of its strongest CAM iff
+``m > τ`` and ``m > bg`` (ties go to background, as ``np.argmax`` picks the
+first index). The top class and ``m`` do not depend on τ, so a τ sweep
+computes them once per image (:func:`cam_peak`) and then only compares
+(:class:`ThresholdLabeller`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from wsss.data.base import Dataset
+from wsss.io import (
+    IGNORE,
+    WsssError,
+    find_cam,
+    image_size,
+    load_cam,
+    load_saliency,
+    parse_shard,
+    read_json,
+    save_label,
+    shard_list,
+    write_run_json,
+)
+
+__all__ = [
+    "ThresholdLabeller",
+    "cam_peak",
+    "load_checked_cam",
+    "make_pseudo_labels",
+    "salient_mask",
+    "threshold_pseudo_label",
+]
+
+
+def cam_peak(cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel CAM maximum and the class id (from ``keys``) that attains it first.
+
+    With no classes the maximum is -inf, so every pixel ends up background.
+    """
+    cam = np.asarray(cam)
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    if cam.ndim != 3 or cam.shape[0] != keys.size:
+        raise ValueError(f"cam must be len(keys)×H×W, got {cam.shape} for {keys.size} keys")
+    if keys.size and (keys.min() < 1 or keys.max() >= IGNORE):
+        raise ValueError(f"class keys must be in 1..254, got {keys.tolist()}")
+    if keys.size == 0:
+        return np.full(cam.shape[1:], -np.inf, np.float32), np.zeros(cam.shape[1:], np.uint8)
+    cam = cam.astype(np.float32, copy=False)
+    top = cam.argmax(axis=0)
+    peak = np.take_along_axis(cam, top[None], axis=0)[0]
+    return peak, keys.astype(np.uint8)[top]
+
+
+def salient_mask(saliency: np.ndarray, sal_threshold: float = 0.2) -> np.ndarray:
+    """S_bin of Algorithm 1: saliency strictly above the threshold."""
+    return np.asarray(saliency) > sal_threshold
+
+
+class ThresholdLabeller:
+    """Algorithm 1 for one image and one saliency map (or none), cheap to evaluate at many τ.
+
+    Folds the background comparison into the peak once (pixels whose CAM cannot beat
+    their background score get -inf), so each τ costs one comparison and one select.
+    """
+
+    def __init__(
+        self,
+        peak: np.ndarray,
+        top_class: np.ndarray,
+        salient: np.ndarray | None = None,
+        ignore_salient_bg: bool = True,
+    ):
+        self.top_class = top_class
+        if salient is None:
+            self.peak = peak  # the background score is τ itself: a class wins iff its CAM > τ
+            self.fallback = np.uint8(0)
+            return
+        if salient.shape != peak.shape:
+            raise ValueError(f"saliency shape {salient.shape} does not match the CAM's {peak.shape}")
+        # background score 1 - S_bin: 1 on non-salient pixels, 0 on salient ones
+        beats_background = np.where(salient, peak > 0, peak > 1)
+        self.peak = np.where(beats_background, peak, np.float32(-np.inf)).astype(np.float32, copy=False)
+        self.fallback = np.where(salient, np.uint8(IGNORE), np.uint8(0)) if ignore_salient_bg else np.uint8(0)
+
+    def __call__(self, tau: float) -> np.ndarray:
+        _check_tau(tau)
+        return np.where(self.peak > tau, self.top_class, self.fallback).astype(np.uint8, copy=False)
+
+
+def threshold_pseudo_label(
+    cam: np.ndarray,
+    keys: np.ndarray,
+    tau: float,
+    saliency: np.ndarray | None = None,
+    sal_threshold: float = 0.2,
+    ignore_salient_bg: bool = True,
+) -> np.ndarray:
+    """Seed 000's Algorithm 1 → uint8 H×W label map (class ids from ``keys``, 255 = ignore).
+
+    ``cam``: len(keys)×H×W scores in [0, 1] of the present classes; ``saliency``:
+    H×W in [0, 1], binarised at ``sal_threshold``. Without saliency the background
+    score is the constant τ; with it, salient pixels that end as background become
+    255 when ``ignore_salient_bg``.
+    """
+    peak, top_class = cam_peak(cam, keys)
+    salient = None if saliency is None else salient_mask(saliency, sal_threshold)
+    return ThresholdLabeller(peak, top_class, salient, ignore_salient_bg)(tau)
+
+
+def _check_tau(tau: float) -> None:
+    # a negative τ would let a zeroed class score beat the τ background (Algorithm 1 assumes τ >= 0)
+    if not (np.isfinite(tau) and tau >= 0):
+        raise ValueError(f"tau must be a finite number >= 0, got {tau}")
+
+
+# --------------------------------------------------------------------------- file helpers
+def load_checked_cam(
+    dataset: Dataset, cam_dir: str | Path, image_id: str, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image's CAM, refused unless its classes are exactly the image-level labels."""
+    path = find_cam(cam_dir, image_id)
+    keys, cam = load_cam(path, shape=shape, num_classes=dataset.num_classes)
+    labels = dataset.labels(image_id)
+    if not np.array_equal(np.sort(keys), labels):
+        raise WsssError(
+            f"{path}: CAM classes {keys.tolist()} do not match the image-level labels {labels.tolist()} "
+            f"of image {image_id!r}"
+        )
+    return keys, cam
+
+
+def _saliency_file(saliency_dir: str | Path, image_id: str) -> Path:
+    return Path(saliency_dir) / f"{image_id}.png"
+
+
+def _normalise_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+    if shard is None or isinstance(shard, str):
+        return parse_shard(shard)
+    i, n = (int(x) for x in shard)
+    if not (n >= 1 and 0 <= i < n):
+        raise WsssError(f"shard {i}/{n}: need 0 <= i < N")
+    return i, n
+
+
+_RESUME_KEYS = ("cam_dir", "tau", "saliency_dir", "sal_threshold", "ignore_salient_bg")
+
+
+def _check_resume(out_dir: Path, config: dict) -> None:
+    """Refuse to mix labels made with other settings into an existing output folder."""
+    for record_path in sorted(out_dir.glob("run*.json")):
+        record = read_json(record_path)
+        if not isinstance(record, dict) or record.get("stage") != "pseudo":
+            continue
+        old = record.get("config", {})
+        diff = [k for k in _RESUME_KEYS if k in old and old[k] != config[k]]
+        if diff:
+            was = ", ".join(f"{k}={old[k]!r} (now {config[k]!r})" for k in diff)
+            raise WsssError(
+                f"{record_path}: this folder holds pseudo labels made with {was}; "
+                "use a new output folder or delete the old labels"
+            )
+
+
+def make_pseudo_labels(
+    dataset: Dataset,
+    cam_dir: str | Path,
+    out_dir: str | Path,
+    tau: float,
+    saliency_dir: str | Path | None = None,
+    sal_threshold: float = 0.2,
+    ignore_salient_bg: bool = True,
+    shard: str | tuple[int, int] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Stage 3 (threshold): write ``out_dir/<id>.png`` for the images of this shard.
+
+    Existing outputs are kept (resume); a ``run.json`` (``run.shard<i>of<N>.json``
+    when sharded, so shards never overwrite each other) records every parameter.
+    """
+    _check_tau(tau)
+    cam_dir, out_dir = Path(cam_dir), Path(out_dir)
+    if not cam_dir.is_dir():
+        raise WsssError(f"{cam_dir}: CAM folder not found")
+    if saliency_dir is not None and not Path(saliency_dir).is_dir():
+        raise WsssError(f"{saliency_dir}: saliency folder not found")
+    shard_index, shard_count = _normalise_shard(shard)
+    config = {
+        "dataset": dataset.kind,
+        "root": str(dataset.root),
+        "split": dataset.split,
+        "cam_dir": str(cam_dir),
+        "tau": float(tau),
+        "saliency_dir": None if saliency_dir is None else str(saliency_dir),
+        "sal_threshold": float(sal_threshold),
+        "ignore_salient_bg": bool(ignore_salient_bg),
+        "shard": f"{shard_index}/{shard_count}",
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_resume(out_dir, config)
+
+    start = time.perf_counter()
+    ids = shard_list(list(dataset.ids), (shard_index, shard_count))
+    written = skipped = 0
+    for image_id in tqdm(ids, desc="pseudo labels", unit="img", disable=not progress):
+        out_path = out_dir / f"{image_id}.png"
+        if out_path.is_file():
+            skipped += 1
+            continue
+        shape = image_size(dataset.image_path(image_id))
+        keys, cam = load_checked_cam(dataset, cam_dir, image_id, shape)
+        saliency = None
+        if saliency_dir is not None:
+            saliency = load_saliency(_saliency_file(saliency_dir, image_id), shape=shape)
+        label = threshold_pseudo_label(cam, keys, tau, saliency, sal_threshold, ignore_salient_bg)
+        save_label(out_path, label)
+        written += 1
+
+    name = "run.json" if shard_count == 1 else f"run.shard{shard_index}of{shard_count}.json"
+    write_run_json(
+        out_dir,
+        "pseudo",
+        config,
+        timings={"total_s": time.perf_counter() - start},
+        extra={
+            "method": "threshold",
+            "num_images": len(ids),
+            "written": written,
+            "skipped_existing": skipped,
+        },
+        name=name,
+    )
+    return out_dir
