@@ -50,6 +50,7 @@ class Dataset:
         self.class_names: list[str] = []
         self.ids: list[str] = []
         self._labels: dict[str, np.ndarray] = {}
+        self.labels_source: Path = self.root  # the file the image-level labels came from, for error messages
 
     # ----------------------------------------------------------------- to override
     def image_path(self, image_id: str) -> Path:
@@ -110,10 +111,10 @@ class Dataset:
         for i in self.ids:
             lab = self.labels(i)
             if lab.size == 0:
-                raise WsssError(f"{self.root}: image {i!r} has an empty label set")
+                raise WsssError(f"{self.labels_source}: image {i!r} has an empty label set")
             if lab.min() < 1 or lab.max() >= self.num_classes:
                 raise WsssError(
-                    f"{self.root}: image {i!r} has class ids {lab.tolist()} outside 1..{self.num_classes - 1}"
+                    f"{self.labels_source}: image {i!r} has class ids {lab.tolist()} outside 1..{self.num_classes - 1}"
                 )
 
 

@@ -67,6 +67,7 @@ class FolderDataset(Dataset):
         if len(self.class_names) < 2:
             raise WsssError(f"{labels_csv}: no class names in the labels column and no class_names.txt")
         labels = read_label_csv(labels_csv, self.class_names)
+        self.labels_source = labels_csv
 
         if has_split and split != "all":
             self.ids = [r["id"] for r in rows if (r["split"] or "").strip() == split]

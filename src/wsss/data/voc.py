@@ -45,6 +45,7 @@ class VOCDataset(Dataset):
         labels_csv = self.root / "image_labels.csv"
         if labels_csv.is_file():
             labels = read_label_csv(labels_csv, self.class_names)
+            self.labels_source = labels_csv
             missing = [i for i in self.ids if i not in labels]
             if missing:
                 raise WsssError(

@@ -1,0 +1,142 @@
+"""The command line: the `wsss evaluate` JSON contract and one clear message per bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsss.io import atomic_write_text, save_cam, save_label
+
+
+def wsss(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wsss", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture()
+def data(voc_like, tmp_path) -> Path:
+    """A private copy of the shared dataset, so tests may break it."""
+    return Path(shutil.copytree(voc_like, tmp_path / "data"))
+
+
+def ids_of(root: Path, split: str = "train") -> list[str]:
+    return (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+
+
+def oracle_cams(root: Path, out: Path) -> Path:
+    """CAMs that are exactly the GT masks of the present classes."""
+    from wsss.data import build_dataset
+
+    ds = build_dataset("synthetic", root, "train")
+    for i in ds.ids:
+        gt = ds.gt(i)
+        keys = ds.labels(i)
+        save_cam(out / f"{i}.npz", keys, np.stack([(gt == k).astype(np.float32) for k in keys]))
+    return out
+
+
+def test_evaluate_json_contract(data, tmp_path):
+    out = tmp_path / "eval.json"
+    proc = wsss("evaluate", "--pred", str(data / "SegmentationClass"), "--gt", str(data / "SegmentationClass"),
+                "--instances", str(data / "SegmentationObject"), "--num-classes", "4", "--json", str(out), "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    for key in (
+        "miou",
+        "ia_miou",
+        "ia_miou_small",
+        "ia_miou_medium",
+        "ia_miou_large",
+        "pixel_acc",
+        "per_class",
+    ):
+        assert key in res
+    assert res["miou"] == pytest.approx(1.0) and res["ia_miou"] == pytest.approx(1.0)
+    assert {"id", "name", "iou", "precision", "recall", "fpr", "fnr", "ia_iou"} <= set(res["per_class"][0])
+    assert "mIoU" in proc.stdout and "100.0" in proc.stdout  # the table is in percent
+
+
+def test_pseudo_then_evaluate_with_oracle_cams_is_perfect_inside_objects(data, tmp_path):
+    cams = oracle_cams(data, tmp_path / "cams")
+    pseudo = tmp_path / "pseudo"
+    proc = wsss(
+        "pseudo", "--data", str(data), "--cams", str(cams), "--out", str(pseudo), "--tau", "0.5", "-q"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.stem for p in pseudo.glob("*.png")) == sorted(ids_of(data))
+    out = tmp_path / "e.json"
+    proc = wsss("evaluate", "--pred", str(pseudo), "--gt", str(data / "SegmentationClass"), "--num-classes", "4",
+                "--json", str(out), "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["miou"] == pytest.approx(1.0)
+
+
+def assert_clear_error(proc: subprocess.CompletedProcess, path: Path, words: str) -> None:
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and str(path) in line and words in line, line
+    assert "Traceback" not in proc.stderr
+
+
+def pseudo_args(data: Path, cams: Path, out: Path) -> list[str]:
+    return ["pseudo", "--data", str(data), "--cams", str(cams), "--out", str(out), "--tau", "0.3", "-q"]
+
+
+def test_missing_cam_names_the_file(data, tmp_path):
+    cams = oracle_cams(data, tmp_path / "cams")
+    victim = cams / f"{ids_of(data)[3]}.npz"
+    victim.unlink()
+    assert_clear_error(wsss(*pseudo_args(data, cams, tmp_path / "p")), victim, "not found")
+
+
+def test_cam_size_mismatch_names_the_file(data, tmp_path):
+    cams = oracle_cams(data, tmp_path / "cams")
+    i = ids_of(data)[2]
+    keys = np.load(cams / f"{i}.npz")["keys"]
+    save_cam(cams / f"{i}.npz", keys, np.ones((len(keys), 10, 12), np.float32))
+    assert_clear_error(wsss(*pseudo_args(data, cams, tmp_path / "p")), cams / f"{i}.npz", "does not match")
+
+
+def test_nan_in_cam_names_the_file(data, tmp_path):
+    cams = oracle_cams(data, tmp_path / "cams")
+    i = ids_of(data)[1]
+    with np.load(cams / f"{i}.npz") as z:
+        keys, cam = z["keys"], z["cam"].astype(np.float32)
+    cam[0, 0, 0] = np.nan
+    save_cam(cams / f"{i}.npz", keys, cam)
+    assert_clear_error(wsss(*pseudo_args(data, cams, tmp_path / "p")), cams / f"{i}.npz", "NaN")
+
+
+def test_label_value_out_of_range_names_the_file(data, tmp_path):
+    gt = data / "SegmentationClass" / f"{ids_of(data)[0]}.png"
+    bad = np.zeros((64, 64), np.uint8)
+    bad[5, 5] = 7
+    save_label(gt, bad)
+    proc = wsss("evaluate", "--pred", str(data / "SegmentationClass"), "--gt", str(data / "SegmentationClass"),
+                "--num-classes", "4", "-q")  # fmt: skip
+    assert_clear_error(proc, gt, "num_classes")
+
+
+def test_corrupt_png_names_the_file(data, tmp_path):
+    pred = Path(shutil.copytree(data / "SegmentationClass", tmp_path / "pred"))
+    victim = pred / f"{ids_of(data)[0]}.png"
+    victim.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    proc = wsss(
+        "evaluate", "--pred", str(pred), "--gt", str(data / "SegmentationClass"), "--num-classes", "4", "-q"
+    )
+    assert_clear_error(proc, victim, "cannot read")
+
+
+def test_empty_label_set_names_the_labels_file(data, tmp_path):
+    csv = data / "image_labels.csv"
+    lines = csv.read_text().splitlines()
+    first = ids_of(data)[0]
+    lines = [f"{first}," if ln.startswith(first + ",") else ln for ln in lines]
+    atomic_write_text(csv, "\n".join(lines) + "\n")
+    proc = wsss("cam", "train", "--data", str(data), "--out", str(tmp_path / "cam"), "-q")
+    assert_clear_error(proc, csv, "empty label set")
