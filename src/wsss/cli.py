@@ -107,11 +107,11 @@ def cam_train(
 ) -> None:
     """Train a CAM network on image-level labels (resumes from out/checkpoint.pt)."""
     from wsss.cam import CamTrainConfig, train_cam
-    from wsss.config import apply_overrides, dataclass_from_dict, load_yaml
+    from wsss.config import apply_overrides, load_yaml
 
     values = load_yaml(config) if config else {}
     values = apply_overrides(values, sets or [])
-    cfg = dataclass_from_dict(CamTrainConfig, values, str(config or "--set"))
+    cfg = CamTrainConfig.from_dict(values, source=str(config or "--set"))
     ds = _dataset(data, dataset, split)
     ds.check_labels()
     path = train_cam(ds, out, cfg, method=method, progress=not quiet)

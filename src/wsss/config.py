@@ -3,13 +3,12 @@ overridable from the command line with ``--set a.b=value``.
 
 Dicts rather than a class tree keep the YAML the user writes and the record in
 ``run.json`` identical; each stage validates its own section against its
-dataclass (e.g. :class:`wsss.cam.base.CamTrainConfig`) and names unknown keys.
+dataclass (e.g. ``CamTrainConfig.from_dict``), which names unknown keys.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 from importlib import resources
@@ -68,16 +67,6 @@ def apply_overrides(cfg: dict, assignments: list[str]) -> dict:
                 raise WsssError(f"--set {key}: {p!r} is not a section")
         node[parts[-1]] = yaml.safe_load(raw)
     return cfg
-
-
-def dataclass_from_dict(cls: type, values: dict | None, where: str) -> Any:
-    """Build ``cls(**values)``, naming unknown keys and the valid ones."""
-    values = values or {}
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise WsssError(f"{where}: unknown keys {unknown}; valid: {sorted(fields)}")
-    return cls(**values)
 
 
 def config_hash(cfg: Any) -> str:

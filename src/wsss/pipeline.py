@@ -33,7 +33,6 @@ from wsss.config import (
     apply_overrides,
     builtin_config,
     config_hash,
-    dataclass_from_dict,
     deep_merge,
     load_yaml,
 )
@@ -132,10 +131,11 @@ class Pipeline:
         console.print(f"[green]✓ {name}[/green] ({dt:.1f} s)")
         return result
 
-    def dataset(self, split: str) -> Dataset:
+    def dataset(self, split: str, limited: bool = True) -> Dataset:
+        """A split; ``limited`` applies ``data.max_images`` (evaluation only, never training)."""
         ds = build_dataset(self.cfg["data"]["kind"], self.data_root, split)
         limit = (self.cfg["data"].get("max_images") or {}).get(split)
-        if limit:
+        if limit and limited:
             ds.ids = ds.ids[: int(limit)]
         return ds
 
@@ -173,7 +173,7 @@ class Pipeline:
 
         if cfg["data"].get("synth"):
             self._stage("synth", cfg["data"]["synth"], self._synth)
-        train_ds = self.dataset(cfg["data"]["train_split"])
+        train_ds = self.dataset(cfg["data"]["train_split"], limited=False)
         train_ds.check_labels()
 
         cam_cfg = {"method": cfg["cam"]["method"], "train": cfg["cam"]["train"], "seed": cfg["seed"]}
@@ -220,7 +220,7 @@ class Pipeline:
 
         tcfg = dict(self.cfg["cam"]["train"])
         tcfg.setdefault("seed", self.cfg["seed"])
-        config = dataclass_from_dict(CamTrainConfig, tcfg, "cam.train")
+        config = CamTrainConfig.from_dict(tcfg, source="config cam.train")
         weights = train_cam(
             ds, self.out / "cam", config, method=self.cfg["cam"]["method"], progress=self.progress
         )
@@ -239,6 +239,7 @@ class Pipeline:
                 self.out / "cams",
                 scales=tuple(icfg["scales"]),
                 flip=bool(icfg["flip"]),
+                batch_size=int(icfg.get("batch_size", 8)),
                 progress=self.progress,
             )
             n += len(ds)
