@@ -1,0 +1,597 @@
+"""The training base shared by every CAM method, and the method registry.
+
+:class:`CamTrainer` owns the mechanics — data, optimiser, poly schedule, device/AMP,
+checkpoint/resume, logging, rank awareness — so that a method is a small subclass
+that overrides :meth:`CamTrainer.step` (and, if it needs them, extra networks,
+parameter groups or state), registered with :func:`register_cam_method`.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import io
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from wsss.cam.data import CamTrainData, EpochSampler, worker_init
+from wsss.data.base import Dataset
+from wsss.io import WsssError, atomic_path, atomic_write_text, write_run_json
+from wsss.models.cam_net import IMAGENET_MEAN, IMAGENET_STD, CamNet, resolve_device, save_cam_model
+
+CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_NAME = "model.safetensors"
+LOG_NAME = "train_log.csv"
+CHECKPOINT_VERSION = 1
+
+# Settings that may change between an interrupted run and its resumption.
+DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
+RUNTIME_FIELDS = frozenset(
+    {"stop_after_steps", "num_workers", "checkpoint_every", "log_every", "device", "num_threads"}
+)
+
+
+@dataclasses.dataclass
+class CamTrainConfig:
+    """Every hyper-parameter of stage-1 training; YAML in/out via ``asdict``/:meth:`from_dict`.
+
+    Defaults follow IRN's CAM recipe (SGD 0.1, 10× head LR, poly 0.9, 5 epochs, crop
+    512, batch 16), which assumes ImageNet weights; from scratch use ``optimizer="adamw"``
+    (its default ``lr`` is 1e-3). ``batch_size`` is per process under DDP. Set
+    ``crop_size`` near the image size: small images are zero-padded up to it.
+    """
+
+    backbone: str = "resnet50"
+    pretrained: bool = False
+    weights: str | None = None
+    output_stride: int = 16
+    epochs: int = 5
+    batch_size: int = 16
+    optimizer: str = "sgd"  # "sgd" | "adamw"
+    lr: float | None = None  # None: 0.1 for sgd, 1e-3 for adamw
+    head_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+    crop_size: int = 512
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    hflip: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    seed: int = 0
+    amp: str = "bf16"  # "bf16" | "fp16" | "none"; autocast is used on CUDA only
+    channels_last: bool = False
+    num_workers: int = 2
+    device: str | None = None
+    num_threads: int | None = None
+    checkpoint_every: int = 200
+    log_every: int = 10
+    stop_after_steps: int | None = None  # end the run early like a kill (tests of resume)
+    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scale_range = tuple(float(s) for s in self.scale_range)  # type: ignore[assignment]
+        self.mean = tuple(float(s) for s in self.mean)  # type: ignore[assignment]
+        self.std = tuple(float(s) for s in self.std)  # type: ignore[assignment]
+        problems = []
+        if self.lr is None and self.optimizer in DEFAULT_LR:
+            self.lr = DEFAULT_LR[self.optimizer]
+        if self.optimizer not in ("sgd", "adamw"):
+            problems.append(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.amp not in ("bf16", "fp16", "none"):
+            problems.append(f"amp must be 'bf16', 'fp16' or 'none', got {self.amp!r}")
+        for name in ("epochs", "batch_size", "crop_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if (self.lr is not None and self.lr <= 0) or self.head_lr_mult <= 0:
+            problems.append("lr and head_lr_mult must be > 0")
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            problems.append(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {self.scale_range}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            problems.append("mean and std need 3 values each, std > 0")
+        if self.num_workers < 0 or self.warmup_steps < 0:
+            problems.append("num_workers and warmup_steps must be >= 0")
+        if problems:
+            raise WsssError("CamTrainConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> CamTrainConfig:
+        """From YAML/JSON: unknown keys are an error naming ``source`` (e.g. the YAML path)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise WsssError(f"{source}: unknown CAM training option(s) {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as e:
+            raise WsssError(f"{source}: {e}") from None
+
+
+# --------------------------------------------------------------------------- registry
+CAM_METHODS: dict[str, type[CamTrainer]] = {}
+
+
+def register_cam_method(name: str) -> Callable[[type[CamTrainer]], type[CamTrainer]]:
+    def deco(cls: type[CamTrainer]) -> type[CamTrainer]:
+        CAM_METHODS[name] = cls
+        cls.method_name = name
+        return cls
+
+    return deco
+
+
+def poly_factor(step: int, total_steps: int, power: float, warmup_steps: int = 0) -> float:
+    """LR multiplier at ``step`` (0-based): (1 − step/total)^power, after a linear warm-up."""
+    factor = (1.0 - min(step, total_steps) / total_steps) ** power
+    if warmup_steps and step < warmup_steps:
+        factor *= (step + 1) / warmup_steps
+    return factor
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class CamTrainer(abc.ABC):
+    """Subclasses implement :meth:`step`; they may extend :meth:`build_models`,
+    :meth:`param_groups`, :meth:`extra_state`/:meth:`load_extra_state` and the hooks.
+
+    Rank awareness: the sampler shards by ``torch.distributed`` rank, and only rank 0
+    writes files or shows progress; a DDP wrapper can replace ``self.train_model``.
+    """
+
+    method_name = "base"
+
+    def __init__(
+        self, dataset: Dataset, out_dir: str | os.PathLike, config: CamTrainConfig, progress: bool = True
+    ):
+        self.dataset = dataset
+        self.out_dir = Path(out_dir)
+        self.config = config
+        self.progress = progress
+        self.rank, self.world_size = _dist_rank_world()
+        self.device = resolve_device(config.device)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        if len(dataset) == 0:
+            raise WsssError(f"{dataset.root}: split {dataset.split!r} has no images to train on")
+        dataset.check_labels()
+        self.num_classes = dataset.num_classes - 1
+        self.data = CamTrainData(
+            dataset, config.crop_size, config.scale_range, config.hflip, config.mean, config.std, config.seed
+        )
+        self.sampler = EpochSampler(len(dataset), config.batch_size, config.seed, self.rank, self.world_size)
+        if self.sampler.batches_per_epoch == 0:
+            raise WsssError(
+                f"{dataset.root}: split {dataset.split!r} has {len(dataset)} images, fewer than "
+                f"batch_size={config.batch_size} per process"
+            )
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.global_step = 0
+        self.elapsed_s = 0.0
+        self.log_rows: list[dict[str, Any]] = []
+        self._log_sums: dict[str, Any] = {}  # loss name → running sum (tensor)
+        self._log_count = 0
+        self._seed_everything(config.seed)
+        # for methods' own random draws (e.g. the erased class of OC-CSE), saved in checkpoints
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.build_models()
+        self.model.to(self.device)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.train_model: nn.Module = self.model
+        self.optimizer = self.build_optimizer(self.param_groups())
+        self.use_autocast = self.device.type == "cuda" and config.amp != "none"
+        self.amp_dtype = torch.float16 if config.amp == "fp16" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_autocast and config.amp == "fp16")
+
+    # ----------------------------------------------------------------- method hooks
+    def build_models(self) -> None:
+        """Create ``self.model`` (the network whose weights are the stage's output)."""
+        c = self.config
+        self.model = CamNet(c.backbone, self.num_classes, c.pretrained, c.weights, c.output_stride)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Backbone at ``lr``, head at ``lr × head_lr_mult`` (the newly initialised layer learns faster)."""
+        backbone, head = self.model.param_groups()
+        c = self.config
+        return [
+            {"params": backbone, "lr": c.lr, "name": "backbone"},
+            {"params": head, "lr": c.lr * c.head_lr_mult, "name": "head"},
+        ]
+
+    @abc.abstractmethod
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Forward one batch; return the losses, with the total under ``"loss"``."""
+
+    def on_epoch_start(self, epoch: int) -> None:  # noqa: B027  (optional hook)
+        """Called before each epoch's first batch (also when resuming mid-epoch)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Method state beyond model/optimiser (extra networks, optimisers) for the checkpoint."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027  (optional hook)
+        """Restore what :meth:`extra_state` returned."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def train_fraction(self) -> float:
+        """Progress through training in [0, 1], for methods whose loss weights ramp up."""
+        return self.global_step / self.total_steps
+
+    # ----------------------------------------------------------------- optimisation
+    def build_optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        c = self.config
+        for g in groups:
+            g["initial_lr"] = g["lr"]
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
+
+    def lr_factor(self, step: int) -> float:
+        c = self.config
+        return poly_factor(step, self.total_steps, c.poly_power, c.warmup_steps)
+
+    def set_lr(self, step: int) -> None:
+        factor = self.lr_factor(step)
+        for opt in self.optimizers():
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * factor
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimisers that follow the poly schedule (methods with extra ones extend this)."""
+        return [self.optimizer]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.use_autocast:
+            return torch.autocast("cuda", dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(self.device, non_blocking=True)
+                if k == "image" and self.config.channels_last:
+                    v = v.contiguous(memory_format=torch.channels_last)
+            out[k] = v
+        return out
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One optimisation step at the current ``global_step`` (the LR follows the schedule)."""
+        self.train_model.train()
+        self.set_lr(self.global_step)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            losses = self.step(batch)
+        if "loss" not in losses:
+            raise WsssError(
+                f"{type(self).__name__}.step must return the total under 'loss', got {sorted(losses)}"
+            )
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {k: v.detach() for k, v in losses.items()}
+
+    # ----------------------------------------------------------------- data
+    def loader(self, epoch: int, skip_batches: int = 0) -> torch.utils.data.DataLoader:
+        self.sampler.set_epoch(epoch, skip_batches)
+        workers = self.config.num_workers
+        return torch.utils.data.DataLoader(
+            self.data,
+            batch_size=self.config.batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=worker_init if workers else None,
+            prefetch_factor=4 if workers else None,
+        )
+
+    # ----------------------------------------------------------------- files
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    @property
+    def model_path(self) -> Path:
+        return self.out_dir / MODEL_NAME
+
+    def _identity(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed by this run."""
+        cfg = {k: v for k, v in self.config.to_dict().items() if k not in RUNTIME_FIELDS}
+        ids_hash = hashlib.sha1("\n".join(self.dataset.ids).encode()).hexdigest()
+        return {
+            "method": self.method_name,
+            "config": cfg,
+            "ids_sha1": ids_hash,
+            "world_size": self.world_size,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        np_state = np.random.get_state()  # noqa: NPY002  (third-party code may use the global RNG)
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "identity": self._identity(),
+            "global_step": self.global_step,
+            "epoch": self.global_step // self.steps_per_epoch,
+            "elapsed_s": self.elapsed_s,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "log_sums": {k: float(v) for k, v in self._log_sums.items()},
+            "log_count": self._log_count,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                "python": random.getstate(),
+                "generator": self.generator.get_state(),
+            },
+            "extra": self.extra_state(),
+        }
+        return state
+
+    def save_checkpoint(self) -> None:
+        if not self.is_main:
+            return
+        self.write_log()
+        buf = io.BytesIO()
+        torch.save(self.state_dict(), buf)
+        with atomic_path(self.checkpoint_path) as tmp:
+            tmp.write_bytes(buf.getvalue())
+
+    def load_checkpoint(self) -> bool:
+        """Restore everything from ``checkpoint.pt`` if present; True when resumed."""
+        path = self.checkpoint_path
+        if not path.is_file():
+            return False
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt/truncated files raise many types
+            raise WsssError(
+                f"{path}: cannot read checkpoint ({type(e).__name__}: {e}); delete it to start over"
+            ) from None
+        if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+            raise WsssError(
+                f"{path}: not a wsss CAM checkpoint (version {CHECKPOINT_VERSION}); delete it to start over"
+            )
+        mine, theirs = self._identity(), state["identity"]
+        if mine != theirs:
+            diffs = _describe_diff(theirs, mine)
+            raise WsssError(
+                f"{path}: written by a run with a different config ({diffs}); "
+                "use the same settings or delete the checkpoint to start over"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.global_step = int(state["global_step"])
+        self.elapsed_s = float(state["elapsed_s"])
+        self._log_sums = dict(state["log_sums"])
+        self._log_count = int(state["log_count"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np_state = rng["numpy"]
+        legacy = (np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:])
+        np.random.set_state(legacy)  # noqa: NPY002
+        random.setstate(_as_tuples(rng["python"]))
+        self.generator.set_state(rng["generator"])
+        self.load_extra_state(state["extra"])
+        self.log_rows = [r for r in self.read_log() if r["step"] <= self.global_step]
+        return True
+
+    def read_log(self) -> list[dict[str, Any]]:
+        path = self.out_dir / LOG_NAME
+        if not path.is_file():
+            return []
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        out = []
+        for row in rows:
+            try:
+                parsed = {k: float(v) for k, v in row.items() if v not in ("", None)}
+            except ValueError:
+                raise WsssError(f"{path}: not a training log written by wsss") from None
+            parsed["step"], parsed["epoch"] = int(parsed["step"]), int(parsed["epoch"])
+            out.append(parsed)
+        return out
+
+    def write_log(self) -> None:
+        if not self.is_main:
+            return
+        columns = ["step", "epoch", "loss", "lr", "time"]
+        for row in self.log_rows:
+            columns += [k for k in row if k not in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.log_rows)
+        atomic_write_text(self.out_dir / LOG_NAME, buf.getvalue())
+
+    def _record(self, losses: dict[str, torch.Tensor], force: bool = False) -> float | None:
+        """Accumulate losses; every ``log_every`` steps turn their mean into a log row."""
+        for k, v in losses.items():  # summed as tensors: no device sync until a row is due
+            self._log_sums[k] = self._log_sums.get(k, 0.0) + v.float()
+        self._log_count += 1
+        if not (force or self.global_step % self.config.log_every == 0):
+            return None
+        means = {k: float(s) / self._log_count for k, s in self._log_sums.items()}
+        if not math.isfinite(means["loss"]):
+            raise WsssError(
+                f"{self.out_dir}: loss became {means['loss']} at step {self.global_step}; lower the learning rate"
+            )
+        row = {
+            "step": self.global_step,
+            "epoch": (self.global_step - 1) // self.steps_per_epoch,
+            "loss": means["loss"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "time": round(self.elapsed_s, 3),
+        }
+        row.update({k: v for k, v in means.items() if k != "loss"})
+        self.log_rows.append(row)
+        self._log_sums, self._log_count = {}, 0
+        return means["loss"]
+
+    def save_final(self) -> None:
+        if not self.is_main:
+            return
+        meta = {
+            "method": self.method_name,
+            "mean": list(self.config.mean),
+            "std": list(self.config.std),
+            "class_names": list(self.dataset.class_names),
+            "train_config": self.config.to_dict(),
+        }
+        save_cam_model(self.model, self.model_path, meta)
+
+    # ----------------------------------------------------------------- the loop
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """Batches from ``global_step`` to the end, epoch by epoch (resumes mid-epoch exactly)."""
+        while self.global_step < self.total_steps:
+            epoch, done = divmod(self.global_step, self.steps_per_epoch)
+            self.on_epoch_start(epoch)
+            yield from self.loader(epoch, skip_batches=done)
+
+    def train(self) -> Path:
+        """Train (or resume) to the end; returns the final weights' path — or the checkpoint's
+        when ``stop_after_steps`` ended the run early."""
+        if self.model_path.is_file():
+            return self.model_path
+        self.load_checkpoint()
+        c = self.config
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.global_step,
+            desc=f"train {self.method_name}",
+            unit="step",
+            disable=not (self.progress and self.is_main),
+            dynamic_ncols=True,
+        )
+        stopped = False
+        tick = time.perf_counter()
+        try:
+            for batch in self.batches():
+                if c.stop_after_steps is not None and self.global_step >= c.stop_after_steps:
+                    stopped = True
+                    break
+                losses = self.train_step(self.to_device(batch))
+                self.global_step += 1
+                now = time.perf_counter()
+                self.elapsed_s += now - tick
+                tick = now
+                mean_loss = self._record(losses, force=self.global_step == self.total_steps)
+                bar.update(1)
+                if mean_loss is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+                if self.global_step % c.checkpoint_every == 0 and self.global_step < self.total_steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        if stopped:
+            return self.checkpoint_path
+        self.save_checkpoint()
+        self.save_final()
+        if self.is_main:
+            write_run_json(
+                self.out_dir,
+                "cam_train",
+                {"method": self.method_name, **c.to_dict()},
+                seed=c.seed,
+                timings={"train_s": round(self.elapsed_s, 2)},
+                extra={
+                    "dataset": {
+                        "kind": self.dataset.kind,
+                        "root": str(self.dataset.root),
+                        "split": self.dataset.split,
+                    },
+                    "num_images": len(self.dataset),
+                    "steps": self.total_steps,
+                    "images_per_s": round(
+                        self.total_steps * c.batch_size * self.world_size / max(self.elapsed_s, 1e-9), 2
+                    ),
+                    "final_loss": self.log_rows[-1]["loss"] if self.log_rows else None,
+                },
+            )
+        return self.model_path
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)  # noqa: NPY002
+        torch.manual_seed(seed)
+
+
+def _as_tuples(obj: Any) -> Any:
+    """``random.setstate`` wants the nested tuples that a checkpoint round trip may turn into lists."""
+    if isinstance(obj, (list, tuple)):
+        return tuple(_as_tuples(o) for o in obj)
+    return obj
+
+
+def _describe_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _describe_diff(a, b, f"{prefix}{key}.")
+            if inner:
+                diffs.append(inner)
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {a!r} → {b!r}")
+    return ", ".join(diffs)
+
+
+def build_trainer(
+    dataset: Dataset,
+    out_dir: str | os.PathLike,
+    config: CamTrainConfig,
+    method: str = "cam",
+    progress: bool = True,
+) -> CamTrainer:
+    if method not in CAM_METHODS:
+        raise WsssError(f"unknown CAM method {method!r}; known: {', '.join(sorted(CAM_METHODS))}")
+    return CAM_METHODS[method](dataset, out_dir, config, progress)
+
+
+def train_cam(
+    dataset: Dataset,
+    out_dir: str | os.PathLike,
+    config: CamTrainConfig,
+    method: str = "cam",
+    progress: bool = True,
+) -> Path:
+    """Train stage 1 into ``out_dir``; returns ``out_dir/model.safetensors`` (skips if it exists)."""
+    out_dir = Path(out_dir)
+    if (out_dir / MODEL_NAME).is_file():
+        return out_dir / MODEL_NAME
+    return build_trainer(dataset, out_dir, config, method, progress).train()

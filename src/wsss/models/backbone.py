@@ -1,0 +1,112 @@
+"""Backbones from timm with the last stage dilated (output stride 16), as CAM methods need.
+
+A coarse stride-32 map loses small objects; every WSSS reference (IRN, Puzzle-CAM,
+P-NOC) dilates the last stage instead, which timm does for any CNN that supports
+``output_stride``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from wsss.io import WsssError
+
+_CHECKPOINT_NESTING = ("state_dict", "model", "state_dict_ema", "model_ema", "net", "module")
+_KEY_PREFIXES = ("", "module.", "backbone.", "model.", "encoder.", "module.backbone.")
+
+
+def build_backbone(
+    name: str,
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+    output_stride: int = 16,
+) -> tuple[nn.Module, int]:
+    """(timm feature extractor returning a one-element list [last map], its channel count).
+
+    ``pretrained`` fetches timm's weights (needs network); ``weights`` loads a local
+    ``.pth``/``.pt``/``.safetensors`` file instead. Neither: random init.
+    """
+    import timm
+
+    if pretrained and weights is not None:
+        raise WsssError(f"{weights}: give either pretrained=True or a local weights file, not both")
+    try:
+        body = timm.create_model(
+            name, features_only=True, output_stride=output_stride, pretrained=pretrained, out_indices=(-1,)
+        )
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise WsssError(f"{name}: unknown timm backbone ({e})") from None
+        raise WsssError(f"{name}: cannot build backbone with output_stride={output_stride} ({e})") from None
+    except (AssertionError, TypeError, ValueError) as e:
+        raise WsssError(f"{name}: backbone does not support output_stride={output_stride} ({e})") from None
+    except OSError as e:  # download failures (no network, HF hub errors derive from OSError)
+        raise WsssError(
+            f"{name}: cannot fetch pretrained weights ({e}); pass weights=PATH for a local checkpoint"
+        ) from None
+    if weights is not None:
+        load_backbone_weights(body, weights)
+    return body, int(body.feature_info.channels()[-1])
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or torch checkpoint, unwrapping the usual nesting
+    (``{"state_dict": ...}``, ``{"model": ...}``) that training scripts add."""
+    path = Path(path)
+    if not path.is_file():
+        raise WsssError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch/safetensors raise many unrelated types for corrupt files
+        raise WsssError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    for _ in range(3):
+        if not isinstance(state, dict):
+            break
+        nested = next((state[k] for k in _CHECKPOINT_NESTING if isinstance(state.get(k), dict)), None)
+        if nested is None:
+            break
+        state = nested
+    if not isinstance(state, dict) or not state:
+        raise WsssError(f"{path}: no state dict found in the file")
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise WsssError(f"{path}: the file holds no tensors")
+    return tensors
+
+
+def load_backbone_weights(body: nn.Module, path: str | os.PathLike) -> None:
+    """Load a local checkpoint into ``body``; classifier heads and other extra keys are ignored,
+    but every backbone tensor must be present with the right shape."""
+    path = Path(path)
+    state = read_state_dict(path)
+    target = body.state_dict()
+    # Checkpoints from DDP, our CamNet or other toolkits prefix the keys; pick the prefix that fits best.
+    best_prefix, best_hits = "", -1
+    for prefix in _KEY_PREFIXES:
+        hits = sum(1 for k in target if prefix + k in state)
+        if hits > best_hits:
+            best_prefix, best_hits = prefix, hits
+    if best_hits == 0:
+        raise WsssError(f"{path}: no tensor matches the backbone (e.g. expected {next(iter(target))!r})")
+    missing = [k for k in target if best_prefix + k not in state]
+    if missing:
+        raise WsssError(f"{path}: {len(missing)} backbone tensors missing, e.g. {missing[:3]}")
+    wrong = [
+        f"{k} {tuple(state[best_prefix + k].shape)} vs {tuple(v.shape)}"
+        for k, v in target.items()
+        if state[best_prefix + k].shape != v.shape
+    ]
+    if wrong:
+        raise WsssError(
+            f"{path}: {len(wrong)} tensors have the wrong shape for this backbone, e.g. {wrong[:3]}"
+        )
+    body.load_state_dict({k: state[best_prefix + k] for k in target}, strict=True)

@@ -1,0 +1,125 @@
+"""The CAM classifier of METHODS.md §1 and its on-disk form (safetensors + a small json).
+
+backbone (stride 16) → 1×1 conv, C outputs, no bias → F; logits = GAP(F); CAM = relu(F).
+Taking GAP after the 1×1 conv (instead of before) is the same classifier, but it hands
+every method the class maps F directly, so Puzzle/OC-CSE/P-NOC can build on it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wsss.io import WsssError, read_json, write_json
+from wsss.models.backbone import build_backbone
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MODEL_FORMAT = "wsss-camnet-1"
+
+
+class CamNet(nn.Module):
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        pretrained: bool = False,
+        weights: str | os.PathLike | None = None,
+        output_stride: int = 16,
+    ):
+        """``num_classes`` counts the output maps (the C foreground classes, no background)."""
+        super().__init__()
+        if num_classes < 1:
+            raise WsssError(f"{backbone}: num_classes must be >= 1, got {num_classes}")
+        self.backbone_name = backbone
+        self.num_classes = num_classes
+        self.output_stride = output_stride
+        self.backbone, self.feature_channels = build_backbone(backbone, pretrained, weights, output_stride)
+        self.classifier = nn.Conv2d(self.feature_channels, num_classes, kernel_size=1, bias=False)
+        nn.init.xavier_uniform_(self.classifier.weight)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last backbone map (B×D×h×w), for methods that read the features themselves."""
+        return self.backbone(x)[-1]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits B×C, class maps F B×C×h×w); CAM = relu(F)."""
+        maps = self.classifier(self.features(x))
+        return maps.mean(dim=(2, 3)), maps
+
+    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(backbone params, head params): the head trains at a higher learning rate."""
+        return list(self.backbone.parameters()), list(self.classifier.parameters())
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "format": MODEL_FORMAT,
+            "backbone": self.backbone_name,
+            "num_classes": self.num_classes,
+            "output_stride": self.output_stride,
+        }
+
+
+def _paths(path_or_dir: str | os.PathLike) -> tuple[Path, Path]:
+    path = Path(path_or_dir)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    return path, path.with_suffix(".json")
+
+
+def save_cam_model(model: CamNet, path: str | os.PathLike, extra_meta: dict[str, Any] | None = None) -> Path:
+    """Write ``<path>`` (safetensors) and ``<path stem>.json`` (what :func:`load_cam_model`
+    needs to rebuild the net: backbone, classes, normalisation). Both atomic; json first,
+    so an existing ``.safetensors`` always has its json."""
+    from safetensors.torch import save_file
+
+    from wsss.io import atomic_path
+
+    weights_path, meta_path = _paths(path)
+    meta = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **model.meta(), **(extra_meta or {})}
+    write_json(meta_path, meta)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(weights_path) as tmp:
+        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
+    return weights_path
+
+
+def load_cam_model(path_or_dir: str | os.PathLike, device: str | torch.device | None = None) -> CamNet:
+    """A trained :class:`CamNet` in eval mode; ``.meta_info`` holds the json (mean/std, class names…)."""
+    from safetensors.torch import load_file
+
+    weights_path, meta_path = _paths(path_or_dir)
+    if not weights_path.is_file():
+        raise WsssError(f"{weights_path}: CAM model not found")
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or "backbone" not in meta or "num_classes" not in meta:
+        raise WsssError(f"{meta_path}: expected keys 'backbone' and 'num_classes'")
+    model = CamNet(
+        meta["backbone"], int(meta["num_classes"]), output_stride=int(meta.get("output_stride", 16))
+    )
+    try:
+        state = load_file(str(weights_path), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise WsssError(f"{weights_path}: cannot read weights ({type(e).__name__}: {e})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise WsssError(
+            f"{weights_path}: weights do not fit {meta['backbone']} with {meta['num_classes']} classes ({e})"
+        ) from None
+    model.meta_info = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **meta}
+    model.eval()
+    return model.to(resolve_device(device))
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise WsssError(f"{device}: not a valid torch device ({e})") from None
