@@ -1,0 +1,315 @@
+from __future__ import annotations
+
+import math
+import pickle
+from collections import Counter, deque
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from wsss.metrics.confusion import ConfusionMetric
+from wsss.metrics.ia_miou import InstanceAwareMetric, image_instance_ious, instances_from_map
+
+NAN = float("nan")
+
+
+def _ia(images, k, bounds=(1024, 9216)):
+    m = InstanceAwareMetric(k, bounds=bounds)
+    for img in images:
+        m.process(*img)
+    return m.compute()
+
+
+# --------------------------------------------------------------------------- hand-computed cases
+def test_proportional_split_of_a_shared_blob():
+    # two instances of class 1 (3 px and 1 px) under one 10-px prediction blob
+    gt = np.array([[1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0]], np.uint8)
+    pred = np.array([[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]], np.uint8)
+    classes, sizes, ious = image_instance_ious(pred, gt, 2)
+    # a: I=3, O=1, rest 6 → 3 + ⌊3/4·6⌋ = 7, IoU 3/(3+7-3); b: I=1, O=3 → 1 + ⌊6/4⌋ = 2, IoU 1/2
+    np.testing.assert_array_equal(classes, [1, 1, 0])
+    np.testing.assert_array_equal(sizes, [3, 1, 8])
+    np.testing.assert_allclose(ious, [3 / 7, 1 / 2, 2 / 8])
+    r = _ia([(pred, gt)], 2)
+    assert r["ia_iou"][1] == pytest.approx((3 / 7 + 1 / 2) / 2)
+    assert r["ia_miou"] == pytest.approx(((3 / 7 + 1 / 2) / 2 + 0.25) / 2)
+
+
+def test_blob_joined_through_the_ignore_band():
+    # the prediction's two parts touch only through an ignore pixel: one blob of 3 labelled pixels
+    gt = np.array([[1, 1, 255, 0, 0]], np.uint8)
+    pred = np.array([[1, 1, 1, 1, 0]], np.uint8)
+    _, _, ious = image_instance_ious(pred, gt, 2)
+    assert ious[0] == pytest.approx(2 / 3)  # blobs over labelled pixels only would give 1
+    # the same band between two instances: the blob's 1 unclaimed pixel splits ⌊½⌋ = 0 each
+    gt = np.array([[1, 1, 255, 1, 1, 0, 0]], np.uint8)
+    inst = np.array([[1, 1, 255, 2, 2, 0, 0]], np.uint8)
+    pred = np.array([[1, 1, 1, 1, 1, 1, 0]], np.uint8)
+    classes, _, ious = image_instance_ious(pred, gt, 2, inst)
+    np.testing.assert_allclose(ious[classes == 1], [1.0, 1.0])
+    # 2-D: a diagonal (8-connected) step across the band still joins
+    gt = np.array([[1, 0, 0], [0, 255, 0], [0, 0, 0]], np.uint8)
+    pred = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.uint8)
+    classes, _, ious = image_instance_ious(pred, gt, 2)
+    assert ious[classes == 1][0] == pytest.approx(1 / 2)  # blob = 2 labelled px, I = 1
+
+
+def test_no_touching_blob_scores_zero_and_false_positives_elsewhere_do_not_count():
+    gt = np.zeros((6, 6), np.uint8)
+    gt[0:2, 0:2] = 1
+    gt[4:6, 4:6] = 1
+    pred = np.zeros((6, 6), np.uint8)
+    pred[4:6, 3:6] = 1  # covers the second instance plus 2 px
+    pred[0:1, 4:5] = 1  # a false-positive blob touching nothing
+    classes, sizes, ious = image_instance_ious(pred, gt, 2)
+    np.testing.assert_allclose(ious[classes == 1], [0.0, 4 / 6])
+    bg = 36 - 8
+    assert ious[classes == 0][0] == pytest.approx((bg - 3) / (bg + 4))  # 4 px of first instance → bg
+    assert sizes[classes == 0][0] == bg
+
+
+def test_background_instance_and_image_without_background():
+    full = np.ones((4, 4), np.uint8)  # no background pixel: adds no background instance
+    classes, _, _ = image_instance_ious(full, full, 2)
+    np.testing.assert_array_equal(classes, [1])
+    r = _ia([(full, full)], 2)
+    assert np.isnan(r["ia_iou"][0]) and r["ia_miou"] == 1.0
+    gt = np.zeros((4, 4), np.uint8)
+    gt[0, 0] = 1
+    pred = np.zeros((4, 4), np.uint8)
+    pred[3, 3] = 1
+    r = _ia([(full, full), (pred, gt)], 2)
+    # class 1: instances with IoU 1 and 0; background: one instance 14/16
+    assert r["ia_iou"][1] == pytest.approx(0.5)
+    assert r["ia_iou"][0] == pytest.approx(14 / 16)
+    np.testing.assert_array_equal(r["num_instances"], [1, 2])
+
+
+def test_size_buckets():
+    gt = np.zeros((10, 10), np.uint8)
+    gt[0, 0:2] = 1  # 2 px → small
+    gt[2:4, 0:3] = 1  # 6 px → medium
+    gt[5:10, 5:10] = 2  # 25 px → large
+    gt[0, 8] = 2  # 1 px → small
+    pred = gt.copy()
+    pred[0, 1] = 0  # small class-1 instance: IoU 1/2
+    pred[2, 0:3] = 0  # medium class-1 instance: IoU 3/6
+    pred[0, 8] = 0  # small class-2 instance missed
+    r = _ia([(pred, gt)], 3, bounds=(5, 20))
+    np.testing.assert_array_equal(r["num_instances_small"], [0, 1, 1])
+    np.testing.assert_array_equal(r["num_instances_medium"], [0, 1, 0])
+    np.testing.assert_array_equal(r["num_instances_large"], [0, 0, 1])
+    assert r["ia_miou_small"] == pytest.approx((0.5 + 0.0) / 2)
+    assert r["ia_miou_medium"] == pytest.approx(0.5)  # class 2 has no medium instance: skipped
+    assert r["ia_miou_large"] == pytest.approx(1.0)
+    assert r["ia_iou"][1] == pytest.approx(0.5) and r["ia_iou"][2] == pytest.approx(0.5)
+    # a size equal to a bound goes to the upper bucket
+    r = _ia([(pred, gt)], 3, bounds=(2, 6))
+    np.testing.assert_array_equal(r["num_instances_small"], [0, 0, 1])
+    np.testing.assert_array_equal(r["num_instances_large"], [0, 1, 1])
+
+
+def test_missed_small_object_moves_ia_miou_not_miou():
+    """Seed 004's argument: mIoU barely notices a missed small object, IA-mIoU does."""
+    gt = np.zeros((100, 100), np.uint8)
+    gt[10:60, 10:60] = 1  # 2500 px
+    gt[80:84, 80:84] = 1  # 16 px
+    pred = gt.copy()
+    pred[80:84, 80:84] = 0
+    conf = ConfusionMetric(2)
+    conf.process(pred, gt)
+    miou = conf.compute()["miou"]
+    bg_iou = 7484 / 7500
+    assert miou == pytest.approx((bg_iou + 2500 / 2516) / 2)  # 0.9958: down 0.4 points
+    r = _ia([(pred, gt)], 2)
+    assert r["ia_miou"] == pytest.approx((bg_iou + 0.5) / 2)  # 0.7489: down 25 points
+    assert r["ia_miou_small"] == 0.0 and r["ia_miou_medium"] == 1.0
+    assert 1 - miou < 0.005 and 1 - r["ia_miou"] > 0.25
+
+
+def test_instances_from_png_versus_connected_components():
+    # two touching class-1 objects: two instances in the PNG, one connected component
+    gt = np.zeros((5, 8), np.uint8)
+    gt[0:4, :] = 1
+    inst = np.zeros((5, 8), np.uint8)
+    inst[0:4, 0:4] = 1
+    inst[0:4, 4:8] = 2
+    pred = np.zeros((5, 8), np.uint8)
+    pred[:, 0:6] = 1  # one 30-px blob
+    r_png = _ia([(pred, gt, inst)], 2)
+    # instance 1: I 16, O 8, rest 6 → 16 + ⌊16/24·6⌋ = 20 → 16/20; instance 2: 8 + ⌊8/24·6⌋ = 10 → 8/18
+    assert r_png["ia_iou"][1] == pytest.approx((16 / 20 + 8 / 18) / 2)
+    assert r_png["num_instances"][1] == 2
+    r_cc = _ia([(pred, gt)], 2)
+    assert r_cc["ia_iou"][1] == pytest.approx(24 / (32 + 30 - 24))
+    assert r_cc["num_instances"][1] == 1
+    # when the PNG's instances are the connected components, both agree
+    gt2 = np.zeros((6, 6), np.uint8)
+    gt2[0:2, 0:2] = 1
+    gt2[4:6, 3:6] = 2
+    inst2 = np.zeros_like(gt2)
+    inst2[0:2, 0:2] = 7
+    inst2[4:6, 3:6] = 3
+    pred2 = np.roll(gt2, 1, axis=1)
+    a, b = _ia([(pred2, gt2, inst2)], 3), _ia([(pred2, gt2)], 3)
+    np.testing.assert_allclose(a["ia_iou"], b["ia_iou"])
+
+
+def test_instance_class_is_the_majority_ground_truth_class():
+    gt = np.array([[2, 2, 1, 0]], np.uint8)
+    inst = np.array([[5, 5, 5, 0]], np.uint8)
+    ids, class_of_id = instances_from_map(inst, gt, 3)
+    assert class_of_id[5] == 2
+    np.testing.assert_array_equal(ids, [[5, 5, 5, 0]])
+
+
+# --------------------------------------------------------------------------- brute force
+def _components(mask: np.ndarray) -> list[set]:
+    """8-connected components by breadth-first search (independent of scipy)."""
+    seen: set = set()
+    out = []
+    h, w = mask.shape
+    for y in range(h):
+        for x in range(w):
+            if not mask[y, x] or (y, x) in seen:
+                continue
+            comp, queue = set(), deque([(y, x)])
+            seen.add((y, x))
+            while queue:
+                cy, cx = queue.popleft()
+                comp.add((cy, cx))
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        ny, nx = cy + dy, cx + dx
+                        if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and (ny, nx) not in seen:
+                            seen.add((ny, nx))
+                            queue.append((ny, nx))
+            out.append(comp)
+    return out
+
+
+def _brute_force(images, k, bounds):
+    per_class: dict[int, list] = {c: [] for c in range(k)}
+    per_bucket: dict[tuple[int, int], list] = {}
+    for img in images:
+        pred, gt = img[0], img[1]
+        inst = img[2] if len(img) > 2 else None
+        h, w = gt.shape
+        labelled = {
+            (y, x)
+            for y in range(h)
+            for x in range(w)
+            if gt[y, x] != 255 and (inst is None or inst[y, x] != 255)
+        }
+        instances = []  # (class, set of pixels)
+        if inst is not None:
+            for i in range(1, 255):
+                pix = {p for p in labelled if inst[p] == i}
+                if pix:
+                    cls = Counter(int(gt[p]) for p in pix).most_common(1)[0][0]
+                    if cls > 0:
+                        instances.append((cls, pix))
+        else:
+            for c in range(1, k):
+                for comp in _components(gt == c):
+                    instances.append((c, comp & labelled))
+        for j, (c, g) in enumerate(instances):
+            others = set().union(*(p for jj, (cc, p) in enumerate(instances) if cc == c and jj != j))
+            sum_i = sum_c = 0
+            for blob in _components(pred == c):
+                b = blob & labelled
+                i_ = len(b & g)
+                if i_ == 0:
+                    continue
+                o_ = len(b & others)
+                contrib = len(b) if o_ == 0 else i_ + math.floor(Fraction(i_, i_ + o_) * (len(b) - i_ - o_))
+                sum_i += i_
+                sum_c += contrib
+            iou = sum_i / (len(g) + sum_c - sum_i) if sum_i else 0.0
+            per_class[c].append(iou)
+            bucket = 0 if len(g) < bounds[0] else 1 if len(g) < bounds[1] else 2
+            per_bucket.setdefault((bucket, c), []).append(iou)
+        gt_bg = {p for p in labelled if gt[p] == 0}
+        if gt_bg:
+            pred_bg = {p for p in labelled if pred[p] == 0}
+            per_class[0].append(len(gt_bg & pred_bg) / len(gt_bg | pred_bg))
+    ia_iou = [float(np.mean(v)) if v else NAN for v in per_class.values()]
+    defined = [v for v in ia_iou if not math.isnan(v)]
+    buckets = []
+    for b in range(3):
+        means = [float(np.mean(per_bucket[(b, c)])) for c in range(1, k) if (b, c) in per_bucket]
+        buckets.append(float(np.mean(means)) if means else NAN)
+    return ia_iou, float(np.mean(defined)), buckets, [len(v) for v in per_class.values()]
+
+
+def _random_scene(rng, k, size=18, with_band=False):
+    gt = np.zeros((size, size), np.uint8)
+    inst = np.zeros((size, size), np.uint8)
+    for j in range(int(rng.integers(2, 6))):
+        h, w = rng.integers(1, size // 2, size=2)
+        y, x = rng.integers(0, size - h), rng.integers(0, size - w)
+        gt[y : y + h, x : x + w] = rng.integers(1, k)
+        inst[y : y + h, x : x + w] = j + 1
+    if with_band:  # ignore band on instance boundaries, as in VOC
+        edge = np.zeros_like(gt, dtype=bool)
+        edge[:, 1:] |= inst[:, 1:] != inst[:, :-1]
+        edge[1:, :] |= inst[1:, :] != inst[:-1, :]
+        edge &= rng.random(gt.shape) < 0.7
+        gt[edge] = 255
+        inst[edge] = 255
+    pred = np.roll(gt, tuple(rng.integers(-2, 3, size=2)), axis=(0, 1))
+    noise = rng.random(gt.shape)
+    pred = np.where(noise < 0.15, rng.integers(0, k, size=gt.shape), pred)
+    pred = np.where((pred == 255) & (noise < 0.5), rng.integers(0, k, size=gt.shape), pred).astype(np.uint8)
+    pred[rng.random(gt.shape) < 0.03] = 255  # some "no prediction" pixels
+    return pred, gt, inst
+
+
+@pytest.mark.parametrize("use_png", [True, False])
+def test_matches_brute_force_on_random_scenes(use_png):
+    rng = np.random.default_rng(7 if use_png else 8)
+    k, bounds = 4, (6, 30)
+    images = []
+    for n in range(24):
+        pred, gt, inst = _random_scene(rng, k, with_band=n % 2 == 0)
+        images.append((pred, gt, inst) if use_png else (pred, gt))
+    ref_iou, ref_miou, ref_buckets, ref_counts = _brute_force(images, k, bounds)
+    r = _ia(images, k, bounds)
+    np.testing.assert_allclose(r["ia_iou"], ref_iou, rtol=1e-12, equal_nan=True)
+    assert r["ia_miou"] == pytest.approx(ref_miou, rel=1e-12)
+    got = [r["ia_miou_small"], r["ia_miou_medium"], r["ia_miou_large"]]
+    np.testing.assert_allclose(got, ref_buckets, rtol=1e-12, equal_nan=True)
+    np.testing.assert_array_equal(r["num_instances"], ref_counts)
+    assert sum(ref_counts[1:]) > 40  # the scenes did exercise many instances
+
+
+def test_merge_equals_single_pass_exactly_and_pickles():
+    rng = np.random.default_rng(11)
+    images = [_random_scene(rng, 4, with_band=True) for _ in range(10)]
+    single = InstanceAwareMetric(4, bounds=(6, 30))
+    for img in images:
+        single.process(*img)
+    a, b = InstanceAwareMetric(4, bounds=(6, 30)), InstanceAwareMetric(4, bounds=(6, 30))
+    for img in images[:4]:
+        b.process(*img)
+    for img in images[4:]:
+        a.process(*img)
+    b = pickle.loads(pickle.dumps(b))
+    a.merge(b)  # a different order of images than the single pass
+    ra, rs = a.compute(), single.compute()
+    for key in ("ia_iou", "ia_iou_small", "ia_iou_medium", "ia_iou_large", "num_instances"):
+        np.testing.assert_array_equal(ra[key], rs[key])
+    assert ra["ia_miou"] == rs["ia_miou"] and ra["num_images"] == 10
+    with pytest.raises(ValueError, match="bounds"):
+        a.merge(InstanceAwareMetric(4, bounds=(5, 30)))
+
+
+def test_bad_inputs_raise():
+    m = InstanceAwareMetric(2)
+    with pytest.raises(ValueError, match="shape"):
+        m.process(np.zeros((2, 2), np.uint8), np.zeros((2, 3), np.uint8))
+    with pytest.raises(ValueError, match="instance map"):
+        m.process(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8), np.zeros((3, 2), np.uint8))
+    with pytest.raises(ValueError, match="bounds"):
+        InstanceAwareMetric(2, bounds=(10, 5))
