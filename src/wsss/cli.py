@@ -223,7 +223,7 @@ def evaluate(
 ) -> None:
     """mIoU, precision/recall/FPR/FNR, IA-mIoU (S/M/L) and class groups of a folder of predictions."""
     from wsss.data.base import read_class_names
-    from wsss.io import write_json
+    from wsss.io import write_json, write_run_json
     from wsss.metrics.evaluate import evaluate_dirs, format_table
 
     b = _floats(bounds)
@@ -235,6 +235,8 @@ def evaluate(
     typer.echo(format_table(res))
     if json_out:
         write_json(json_out, res)
+        record = {"pred": pred, "gt": gt, "instances": instances, "num_classes": num_classes, "bounds": b}
+        write_run_json(json_out.parent, "evaluate", record, name=f"{json_out.stem}.run.json")
 
 
 # ---------------------------------------------------------------------------- whole pipeline

@@ -99,13 +99,7 @@ def infer_cams(
         raise WsssError(f"{out_dir}: scales must be a non-empty list of positive numbers, got {scales}")
     if batch_size < 1:
         raise WsssError(f"{out_dir}: batch_size must be >= 1, got {batch_size}")
-    all_ids = list(dataset.ids) if ids is None else list(ids)
-    known = set(dataset.ids)
-    unknown = [i for i in all_ids if i not in known]
-    if unknown:
-        raise WsssError(
-            f"{dataset.root}: {len(unknown)} requested ids are not in split {dataset.split!r}, e.g. {unknown[0]!r}"
-        )
+    all_ids = dataset.select_ids(ids)
     shard = _resolve_shard(shard)
     mine = shard_list(all_ids, shard)
     todo = [i for i in mine if not (out_dir / f"{i}.npz").is_file()]

@@ -106,6 +106,19 @@ class Dataset:
     def saliency_path(self, source: str, image_id: str) -> Path:
         return self.saliency_dir(source) / f"{image_id}.png"
 
+    def select_ids(self, ids=None) -> list[str]:
+        """``ids`` (default: the whole split), checked to belong to the split."""
+        if ids is None:
+            return list(self.ids)
+        ids = list(ids)
+        known = set(self.ids)
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise WsssError(
+                f"{self.root}: {len(unknown)} requested ids are not in split {self.split!r}, e.g. {unknown[0]!r}"
+            )
+        return ids
+
     def check_labels(self) -> None:
         """Every id has a non-empty label set of valid classes (else: a clear error)."""
         for i in self.ids:

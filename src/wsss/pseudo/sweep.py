@@ -163,16 +163,7 @@ def sweep_tau(
     for sal_dir in sources.values():
         if sal_dir is not None and not Path(sal_dir).is_dir():
             raise WsssError(f"{sal_dir}: saliency folder not found")
-    if ids is None:
-        ids = list(dataset.ids)
-    else:
-        known = set(dataset.ids)
-        unknown = [i for i in ids if i not in known]
-        if unknown:
-            raise WsssError(
-                f"{dataset.root}: {len(unknown)} ids not in split {dataset.split!r}, e.g. {unknown[0]!r}"
-            )
-        ids = list(ids)
+    ids = dataset.select_ids(ids)
     if not ids:
         raise WsssError(f"{dataset.root}: split {dataset.split!r} has no images to sweep")
 
