@@ -343,5 +343,7 @@ def test_empty_label_set(tmp_path):
     labels[ds.ids[1]] = np.array([], np.int64)
     write_label_csv(root / "image_labels.csv", labels, ds.class_names)
     ds = build_dataset("synthetic", root, "train")
-    with pytest.raises(WsssError, match=rf"^{root / 'image_labels.csv'}: image '{ds.ids[1]}' has an empty label set"):
+    with pytest.raises(
+        WsssError, match=rf"^{root / 'image_labels.csv'}: image '{ds.ids[1]}' has an empty label set"
+    ):
         ds.check_labels()
