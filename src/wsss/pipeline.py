@@ -21,6 +21,7 @@ Run folder::
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -99,7 +100,8 @@ class Pipeline:
         self.cfg = cfg
         self.out = Path(cfg["out"])
         self.progress = progress
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {}  # seconds per stage; a resumed stage keeps its recorded time
+        self.resumed: list[str] = []
         self.results: dict[str, Any] = {}
         dcfg = cfg["data"]
         self.data_root = Path(dcfg["root"]) if dcfg["root"] else self.out / "data"
@@ -113,7 +115,8 @@ class Pipeline:
             record = read_json(record_path)
             if record.get("config_hash") == h:
                 console.print(f"[dim]• {name}: done already ({record_path})[/dim]")
-                self.timings[name] = 0.0
+                self.timings[name] = float(record.get("seconds", 0.0))
+                self.resumed.append(name)
                 return record.get("result")
             raise WsssError(
                 f"{record_path}: stage {name!r} was completed with a different config; "
@@ -330,7 +333,7 @@ class Pipeline:
             table.add_column(h, justify="right" if h not in ("saliency", "split") else "left")
         for row in self.summary_rows():
             table.add_row(*row)
-        Console().print(table)
+        Console(width=None if sys.stdout.isatty() else 120).print(table)  # logs: no truncated columns
         console.print(f"total {self.timings.get('total', 0.0):.0f} s — report: {self.out / 'report.md'}")
 
     def _write_report(self) -> None:
@@ -349,7 +352,12 @@ class Pipeline:
         lines += ["", "Scores in percent. IA-S/M/L: instance-aware mIoU of small/medium/large objects.", ""]
         lines += ["## τ sweep", "", "![τ sweep](sweep/sweep.png)", "", "Full numbers: `sweep/sweep.csv`.", ""]
         lines += ["## Timings", "", "| stage | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in self.timings.items()]
+        lines += [
+            f"| {k}{' (earlier run)' if k in self.resumed else ''} | {v:.1f} |"
+            for k, v in self.timings.items()
+        ]
+        if self.resumed:
+            lines += ["", "`total` is this invocation's wall time; stages marked *earlier run* were skipped."]
         atomic_write_text(self.out / "report.md", "\n".join(lines) + "\n")
 
 

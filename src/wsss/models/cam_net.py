@@ -117,8 +117,11 @@ def load_cam_model(path_or_dir: str | os.PathLike, device: str | torch.device | 
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None → this process's GPU (``LOCAL_RANK`` under torchrun) if there is one, else the CPU."""
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     try:
         return torch.device(device)
     except RuntimeError as e:
