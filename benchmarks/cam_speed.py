@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--tta", nargs="+", default=list(TTA_SETTINGS), choices=list(TTA_SETTINGS))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", type=Path, default=Path("cam_speed.json"))
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -137,7 +137,8 @@ def main() -> None:
         )
     for key, r in results["infer"].items():
         print(f"  infer {key:24s} {r['images_per_s']:7.1f} img/s")
-    args.json.write_text(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

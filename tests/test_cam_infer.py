@@ -149,7 +149,16 @@ def test_existing_outputs_are_skipped(voc_like, model_path, tmp_path):
     assert len(mtimes) == len(ds)
     infer_cams(ds, model_path, tmp_path, scales=(1.0,), flip=False, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.npz")} == mtimes
-    assert json.loads((tmp_path / "run.json").read_text())["written"] == 0
+    # the no-op rerun keeps the record of the run that wrote the CAMs
+    assert json.loads((tmp_path / "run.json").read_text())["written"] == len(ds) - 1
+
+
+def test_resuming_with_other_settings_is_refused_before_writing(voc_like, model_path, tmp_path):
+    ds = build_dataset("synthetic", voc_like, "train")
+    infer_cams(ds, model_path, tmp_path, scales=(1.0,), flip=False, progress=False, ids=ds.ids[:2])
+    with pytest.raises(WsssError, match=r"settings\.json: .*scales=\[1\.0\] \(now \[1\.0, 2\.0\]\)"):
+        infer_cams(ds, model_path, tmp_path, scales=(1.0, 2.0), flip=False, progress=False)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
 
 
 def test_shards_partition_the_ids(voc_like, model_path, tmp_path, monkeypatch):
@@ -164,7 +173,7 @@ def test_shards_partition_the_ids(voc_like, model_path, tmp_path, monkeypatch):
         else:
             infer_cams(ds, model_path, out, scales=(1.0,), flip=False, shard=f"{index}/3", progress=False)
         written.append({p.stem for p in out.glob("*.npz")})
-        assert (out / f"run_shard{index}of3.json").is_file()
+        assert (out / f"run.shard{index}of3.json").is_file()
     assert sum(len(w) for w in written) == len(ds)
     assert set().union(*written) == set(ds.ids)
     assert written[1] == set(ds.ids[1::3])

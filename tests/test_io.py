@@ -347,3 +347,16 @@ def test_empty_label_set(tmp_path):
         WsssError, match=rf"^{root / 'image_labels.csv'}: image '{ds.ids[1]}' has an empty label set"
     ):
         ds.check_labels()
+
+
+def test_sixteen_bit_saliency_is_rescaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 8).astype(np.uint16)[None]
+    Image.fromarray(ramp).save(tmp_path / "s16.png")
+    np.testing.assert_allclose(load_saliency(tmp_path / "s16.png")[0], np.linspace(0, 1, 8), atol=1e-4)
+
+
+def test_voc_loader_reads_the_synthetic_png_images(voc_like):
+    ds = build_dataset("voc", voc_like, "train")  # the plain VOC loader, not the synthetic one
+    assert ds.image_path(ds.ids[0]).suffix == ".png" and ds.image(ds.ids[0]).shape == (64, 64, 3)

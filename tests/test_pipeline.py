@@ -48,7 +48,7 @@ def test_every_stage_leaves_its_files(tiny_run):
         assert math.isnan(r["ia_miou"]) or 0.0 <= r["ia_miou"] <= 1.0
     # pseudo labels are valid label maps of the dataset's classes
     num_classes = len((run / "data" / "class_names.txt").read_text().split())
-    label = load_label(run / "pseudo" / "oracle" / f"{train_ids[0]}.png", num_classes)
+    label = load_label(run / "pseudo" / "oracle" / "train" / f"{train_ids[0]}.png", num_classes)
     assert label.ndim == 2
     assert (run / "report.md").read_text().count("|") > 20
     assert "mIoU" in proc.stdout

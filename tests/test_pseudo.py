@@ -202,7 +202,8 @@ def test_stage_refuses_to_mix_settings(stage_setup, tmp_path):
     ds, cam_dir, _ = stage_setup
     out = tmp_path / "pseudo"
     make_pseudo_labels(ds, cam_dir, out, 0.6, progress=False)
-    with pytest.raises(WsssError, match=r"run\.json: .*tau=0\.6"):
+    (out / "run.json").unlink()  # as if the first run had been killed before its record
+    with pytest.raises(WsssError, match=r"settings\.json: .*tau=0\.6 \(now 0\.4\)"):
         make_pseudo_labels(ds, cam_dir, out, 0.4, progress=False)
 
 

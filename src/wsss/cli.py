@@ -190,10 +190,12 @@ def sweep(
 
     ds = _dataset(data, dataset, split)
     if ":" in taus:
-        start, stop, step = _floats(taus.replace(":", ","))
-        grid = tau_grid({"start": start, "stop": stop, "step": step})
+        parts = _floats(taus.replace(":", ","))
+        if len(parts) != 3:
+            raise WsssError(f"--taus expects start:stop:step, got {taus!r}")
+        grid = tau_grid(dict(zip(("start", "stop", "step"), parts, strict=True)))
     else:
-        grid = list(_floats(taus))
+        grid = tau_grid(list(_floats(taus)))
     sources: dict[str, Path | None] = {}
     for s in saliency or ["none"]:
         name, _, path = s.partition("=")
@@ -218,11 +220,15 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
     bounds: Annotated[str, typer.Option(help="IA-mIoU small,medium size bounds in pixels.")] = "1024,9216",
     class_names: Annotated[Path | None, typer.Option(help="class_names.txt (background first).")] = None,
+    ids: Annotated[
+        Path | None,
+        typer.Option(help="Split list (one id per line): every listed image must have a prediction."),
+    ] = None,
     workers: int = 1,
     quiet: Quiet = False,
 ) -> None:
     """mIoU, precision/recall/FPR/FNR, IA-mIoU (S/M/L) and class groups of a folder of predictions."""
-    from wsss.data.base import read_class_names
+    from wsss.data.base import read_class_names, read_id_list
     from wsss.io import write_json, write_run_json
     from wsss.metrics.evaluate import evaluate_dirs, format_table
 
@@ -230,9 +236,13 @@ def evaluate(
     if len(b) != 2:
         raise WsssError(f"--bounds expects two numbers, got {bounds!r}")
     names = read_class_names(class_names) if class_names else None
+    id_list = read_id_list(ids) if ids else None
     res = evaluate_dirs(pred, gt, num_classes, instances_dir=instances, class_names=names,
-                        bounds=(int(b[0]), int(b[1])), workers=workers, progress=not quiet)  # fmt: skip
+                        bounds=(int(b[0]), int(b[1])), ids=id_list, workers=workers, progress=not quiet)  # fmt: skip
     typer.echo(format_table(res))
+    if res.get("num_gt_without_prediction"):
+        typer.echo(f"note: {res['num_gt_without_prediction']} ground-truth images in {gt} have no prediction "
+                   "and were not scored (pass --ids SPLIT.txt to require them)", err=True)  # fmt: skip
     if json_out:
         write_json(json_out, res)
         record = {"pred": pred, "gt": gt, "instances": instances, "num_classes": num_classes, "bounds": b}

@@ -134,6 +134,19 @@ def _open_image(path: Path) -> Image.Image:
     return img
 
 
+def _gray_unit(img: Image.Image, path: Path) -> np.ndarray:
+    """A grayscale map as float32 in [0, 1], whatever its bit depth (8-bit, 16-bit, 1-bit)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        top = 255.0 if arr.max(initial=0) <= 255 and img.mode == "I" else 65535.0
+        if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
+            raise WsssError(f"{path}: 32-bit map values outside 0..65535")
+        return arr / top
+    if img.mode not in ("L", "P", "RGB", "RGBA", "LA", "1"):
+        raise WsssError(f"{path}: unsupported grayscale map mode {img.mode}")
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """RGB uint8 H×W×3."""
     return np.asarray(_open_image(Path(path)).convert("RGB"))
@@ -224,10 +237,7 @@ def save_saliency(path: str | os.PathLike, sal: np.ndarray) -> None:
 def load_saliency(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
     """float32 H×W in [0, 1]."""
     path = Path(path)
-    img = _open_image(path)
-    if img.mode not in ("L", "P", "RGB", "RGBA", "I", "I;16", "1"):
-        raise WsssError(f"{path}: unsupported saliency image mode {img.mode}")
-    arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    arr = _gray_unit(_open_image(path), path)
     if shape is not None and arr.shape != tuple(shape):
         raise WsssError(
             f"{path}: size {arr.shape[1]}×{arr.shape[0]} does not match the image {shape[1]}×{shape[0]}"
@@ -374,8 +384,7 @@ def load_cam(
     keys = np.array([c for c, _ in found], dtype=np.int64)
     maps = []
     for _, p in found:
-        img = _open_image(p)
-        maps.append(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
+        maps.append(_gray_unit(_open_image(p), p))
     if len({m.shape for m in maps}) > 1:
         raise WsssError(f"{path}: per-class CAM PNGs have different sizes")
     return _validated_cam(path, keys, np.stack(maps), shape, num_classes)
@@ -456,21 +465,65 @@ def write_run_json(
     return out
 
 
-def parse_shard(shard: str | None) -> tuple[int, int]:
-    """``"i/N"`` → (i, N); None → (0, 1). Falls back to torchrun's RANK/WORLD_SIZE."""
+def parse_shard(shard: str | tuple[int, int] | list[int] | None) -> tuple[int, int]:
+    """``"i/N"`` or ``(i, N)`` → (i, N); None → torchrun's RANK/WORLD_SIZE, else (0, 1)."""
     if shard is None:
-        rank = int(os.environ.get("RANK", 0))
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        return rank, world
-    try:
-        i, n = (int(x) for x in shard.split("/"))
-    except ValueError:
-        raise WsssError(f"--shard must look like i/N (e.g. 0/4), got {shard!r}") from None
+        i, n = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    elif isinstance(shard, str):
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+        except ValueError:
+            raise WsssError(f"--shard must look like i/N (e.g. 0/4), got {shard!r}") from None
+    else:
+        i, n = int(shard[0]), int(shard[1])
     if not (n >= 1 and 0 <= i < n):
-        raise WsssError(f"--shard {shard}: need 0 <= i < N")
+        raise WsssError(f"shard {i}/{n}: need 0 <= i < N")
     return i, n
 
 
 def shard_list(items: list, shard: tuple[int, int]) -> list:
     i, n = shard
     return items[i::n]
+
+
+def shard_record_name(shard: tuple[int, int]) -> str:
+    """``run.json``, or ``run.shard<i>of<N>.json`` so that shards never overwrite each other."""
+    i, n = shard
+    return "run.json" if n == 1 else f"run.shard{i}of{n}.json"
+
+
+def guard_output_dir(out_dir: str | os.PathLike, stage: str, settings: dict) -> None:
+    """Pin the settings that determine every output file in ``out_dir``, before any is written.
+
+    Per-image stages resume by skipping existing outputs, so a rerun with other settings
+    (another τ, another model) would silently mix old and new files that all look finished.
+    The first run writes ``settings.json``; a later run with different settings stops here.
+    """
+    out_dir = Path(out_dir)
+    settings = json.loads(json.dumps(settings, default=_json_default))
+    path = out_dir / "settings.json"
+    if path.is_file():
+        old = read_json(path)
+        if not isinstance(old, dict) or old.get("stage") != stage:
+            raise WsssError(f"{path}: this folder holds the outputs of another stage, not {stage!r}")
+        before = old.get("settings", {})
+        diff = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if diff:
+            was = ", ".join(f"{k}={before.get(k)!r} (now {settings.get(k)!r})" for k in diff)
+            raise WsssError(
+                f"{path}: this folder holds {stage} outputs made with {was}; "
+                "use a new output folder or delete the old outputs"
+            )
+        return
+    write_json(path, {"stage": stage, "settings": settings})
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file (identifies model weights in records and settings)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

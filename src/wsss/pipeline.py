@@ -12,7 +12,7 @@ Run folder::
     cam/                   classifier checkpoint, weights, train_log.csv, run.json
     cams/                  <id>.npz CAMs for the images of every evaluated split
     sweep/                 τ sweep on the sweep split: sweep.csv/json/png
-    pseudo/<source>/       <id>.png pseudo labels at the source's best τ
+    pseudo/<source>/<split>/  <id>.png pseudo labels at the source's best τ
     eval/<source>_<split>.json
     stages/<stage>.json    completion records (config hash, seconds)
     report.md, run.json
@@ -56,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "cam": {
         "method": "cam",
         "train": {},  # CamTrainConfig fields
-        "infer": {"scales": [0.5, 1.0, 1.5, 2.0], "flip": True},
+        "infer": {"scales": [0.5, 1.0, 1.5, 2.0], "flip": True, "batch_size": 8},
     },
     "pseudo": {
         "saliency": ["none"],  # "none" = background is the constant τ; else a source under data/saliency/
@@ -79,18 +79,37 @@ def load_run_config(source: str | Path | dict, overrides: list[str] | None = Non
         user = builtin_config(str(source))
     cfg = deep_merge(DEFAULTS, user)
     cfg = apply_overrides(cfg, overrides or [])
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise WsssError(f"config: unknown top-level keys {unknown}; valid: {sorted(DEFAULTS)}")
+    _check_keys(cfg, DEFAULTS, "config")
     return cfg
 
 
+def _check_keys(cfg: dict, reference: dict, where: str) -> None:
+    """Unknown keys are typos: name them. Sections whose default is empty (``cam.train``,
+    ``data.max_images``) or not a dict are free-form here and validated by their stage."""
+    unknown = sorted(set(cfg) - set(reference))
+    if unknown:
+        raise WsssError(f"{where}: unknown keys {unknown}; valid: {sorted(reference)}")
+    for key, ref in reference.items():
+        if isinstance(ref, dict) and ref and isinstance(cfg.get(key), dict):
+            _check_keys(cfg[key], ref, f"{where}.{key}")
+
+
 def tau_grid(spec: dict | list) -> list[float]:
-    if isinstance(spec, list):
-        return [float(t) for t in spec]
-    start, stop, step = float(spec["start"]), float(spec["stop"]), float(spec["step"])
-    n = int(math.floor((stop - start) / step + 1e-9)) + 1
-    return [round(start + i * step, 6) for i in range(n)]
+    """``{start, stop, step}`` (inclusive) or an explicit list → τ values in [0, 1]."""
+    try:
+        if isinstance(spec, list | tuple):
+            taus = [float(t) for t in spec]
+        else:
+            start, stop, step = float(spec["start"]), float(spec["stop"]), float(spec["step"])
+            if step <= 0 or stop < start:
+                raise ValueError("need step > 0 and stop >= start")
+            n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            taus = [round(start + i * step, 6) for i in range(n)]
+    except (KeyError, TypeError, ValueError) as e:
+        raise WsssError(f"τ grid {spec!r}: expected start/stop/step or a list of numbers ({e})") from None
+    if not taus or min(taus) < 0 or max(taus) > 1:
+        raise WsssError(f"τ grid {spec!r}: values must lie in [0, 1]")
+    return taus
 
 
 class Pipeline:
@@ -174,12 +193,19 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "config.json", cfg)
 
+        # what each stage's outputs depend on: a change anywhere upstream invalidates them
+        data_cfg = {k: cfg["data"][k] for k in ("kind", "root", "synth", "train_split")}
         if cfg["data"].get("synth"):
-            self._stage("synth", cfg["data"]["synth"], self._synth)
+            self._stage("synth", {"synth": cfg["data"]["synth"], "seed": cfg["seed"]}, self._synth)
         train_ds = self.dataset(cfg["data"]["train_split"], limited=False)
         train_ds.check_labels()
 
-        cam_cfg = {"method": cfg["cam"]["method"], "train": cfg["cam"]["train"], "seed": cfg["seed"]}
+        cam_cfg = {
+            "data": data_cfg,
+            "method": cfg["cam"]["method"],
+            "train": cfg["cam"]["train"],
+            "seed": cfg["seed"],
+        }
         self._stage("cam_train", cam_cfg, lambda: self._train(train_ds))
 
         eval_splits = list(dict.fromkeys([cfg["pseudo"]["sweep_split"], *cfg["data"]["eval_splits"]]))
@@ -275,7 +301,7 @@ class Pipeline:
             ds = self.dataset(split)
             for src, sal_dir in self.saliency_sources(ds).items():
                 tau = float(best[src]["tau"])
-                pseudo_dir = self.out / "pseudo" / src
+                pseudo_dir = self.out / "pseudo" / src / split
                 make_pseudo_labels(
                     ds,
                     self.out / "cams",

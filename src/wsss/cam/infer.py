@@ -19,8 +19,18 @@ from torch import nn
 from tqdm import tqdm
 
 from wsss.data.base import Dataset
-from wsss.io import WsssError, image_size, parse_shard, save_cam, shard_list, write_run_json
-from wsss.models.cam_net import load_cam_model
+from wsss.io import (
+    WsssError,
+    file_digest,
+    guard_output_dir,
+    image_size,
+    parse_shard,
+    save_cam,
+    shard_list,
+    shard_record_name,
+    write_run_json,
+)
+from wsss.models.cam_net import load_cam_model, model_weights_path
 
 DEFAULT_SCALES = (0.5, 1.0, 1.5, 2.0)
 NORM_EPS = 1e-5
@@ -59,15 +69,6 @@ def normalize_present(cams: torch.Tensor, keys: np.ndarray) -> torch.Tensor:
     return kept / (kept.amax(dim=(1, 2), keepdim=True) + NORM_EPS)
 
 
-def _resolve_shard(shard: tuple[int, int] | str | None) -> tuple[int, int]:
-    if shard is None or isinstance(shard, str):
-        return parse_shard(shard)
-    i, n = int(shard[0]), int(shard[1])
-    if not (n >= 1 and 0 <= i < n):
-        raise WsssError(f"shard {i}/{n}: need 0 <= i < N")
-    return i, n
-
-
 def _batches_of_equal_size(dataset: Dataset, ids: list[str], batch_size: int) -> list[list[str]]:
     """Group ids by image size (header reads only), keeping the order within a size."""
     groups: dict[tuple[int, int], list[str]] = {}
@@ -100,8 +101,17 @@ def infer_cams(
     if batch_size < 1:
         raise WsssError(f"{out_dir}: batch_size must be >= 1, got {batch_size}")
     all_ids = dataset.select_ids(ids)
-    shard = _resolve_shard(shard)
+    shard = parse_shard(shard)
     mine = shard_list(all_ids, shard)
+    weights_file = model_weights_path(model_path)
+    if not weights_file.is_file():
+        raise WsssError(f"{weights_file}: CAM model not found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    guard_output_dir(
+        out_dir,
+        "cam_infer",
+        {"model_sha256": file_digest(weights_file), "scales": list(scales), "flip": flip},
+    )
     todo = [i for i in mine if not (out_dir / f"{i}.npz").is_file()]
     start = time.perf_counter()
     if todo:
@@ -127,7 +137,8 @@ def infer_cams(
                 bar.update(len(chunk))
         bar.close()
     elapsed = time.perf_counter() - start
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not todo:
+        return out_dir  # nothing new: keep the record of the run that wrote these CAMs
     index, count = shard
     write_run_json(
         out_dir,
@@ -146,6 +157,6 @@ def infer_cams(
             "written": len(todo),
             "images_per_s": round(len(todo) / elapsed, 2) if todo and elapsed > 0 else None,
         },
-        name="run.json" if count == 1 else f"run_shard{index}of{count}.json",
+        name=shard_record_name(shard),
     )
     return out_dir

@@ -70,7 +70,14 @@ class VOCDataset(Dataset):
         return None
 
     def image_path(self, image_id: str) -> Path:
-        return self.root / self.image_dir / f"{image_id}{self.image_ext}"
+        """``JPEGImages/<id>.jpg``; a lossless ``.png`` there (the synthetic set) works too."""
+        path = self.root / self.image_dir / f"{image_id}{self.image_ext}"
+        if not path.is_file():
+            for ext in (".jpg", ".png", ".jpeg"):
+                alt = path.with_suffix(ext)
+                if alt.is_file():
+                    return alt
+        return path
 
     def gt_path(self, image_id: str) -> Path | None:
         p = self.root / "SegmentationClass" / f"{image_id}.png"

@@ -195,10 +195,13 @@ def evaluate_dirs(
     pred_dir = _require_dir(pred_dir, "prediction")
     gt_dir = _require_dir(gt_dir, "ground-truth")
     inst_dir = _require_dir(instances_dir, "instance") if instances_dir is not None else None
+    unmatched = None
     if ids is None:
         ids = sorted(p.stem for p in pred_dir.glob("*.png") if not p.name.startswith("."))
         if not ids:
             raise WsssError(f"{pred_dir}: no prediction PNGs found")
+        # a GT folder often holds more than one split, so this is reported, not an error
+        unmatched = len({p.stem for p in gt_dir.glob("*.png") if not p.name.startswith(".")} - set(ids))
     items: list[Item] = [
         (i, pred_dir / f"{i}.png", gt_dir / f"{i}.png", inst_dir / f"{i}.png" if inst_dir else None)
         for i in ids
@@ -210,6 +213,7 @@ def evaluate_dirs(
             "gt_dir": str(gt_dir),
             "instances_dir": str(inst_dir) if inst_dir else None,
             "class_names": list(class_names) if class_names else default_class_names(num_classes),
+            "num_gt_without_prediction": unmatched,
         }
     )
     return result

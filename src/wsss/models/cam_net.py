@@ -64,10 +64,14 @@ class CamNet(nn.Module):
         }
 
 
-def _paths(path_or_dir: str | os.PathLike) -> tuple[Path, Path]:
+def model_weights_path(path_or_dir: str | os.PathLike) -> Path:
+    """A training folder or a weights file → the ``.safetensors`` file."""
     path = Path(path_or_dir)
-    if path.is_dir():
-        path = path / "model.safetensors"
+    return path / "model.safetensors" if path.is_dir() else path
+
+
+def _paths(path_or_dir: str | os.PathLike) -> tuple[Path, Path]:
+    path = model_weights_path(path_or_dir)
     return path, path.with_suffix(".json")
 
 

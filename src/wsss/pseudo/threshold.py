@@ -24,13 +24,14 @@ from wsss.io import (
     IGNORE,
     WsssError,
     find_cam,
+    guard_output_dir,
     image_size,
     load_cam,
     load_saliency,
     parse_shard,
-    read_json,
     save_label,
     shard_list,
+    shard_record_name,
     write_run_json,
 )
 
@@ -145,32 +146,7 @@ def _saliency_file(saliency_dir: str | Path, image_id: str) -> Path:
     return Path(saliency_dir) / f"{image_id}.png"
 
 
-def _normalise_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
-    if shard is None or isinstance(shard, str):
-        return parse_shard(shard)
-    i, n = (int(x) for x in shard)
-    if not (n >= 1 and 0 <= i < n):
-        raise WsssError(f"shard {i}/{n}: need 0 <= i < N")
-    return i, n
-
-
 _RESUME_KEYS = ("cam_dir", "tau", "saliency_dir", "sal_threshold", "ignore_salient_bg")
-
-
-def _check_resume(out_dir: Path, config: dict) -> None:
-    """Refuse to mix labels made with other settings into an existing output folder."""
-    for record_path in sorted(out_dir.glob("run*.json")):
-        record = read_json(record_path)
-        if not isinstance(record, dict) or record.get("stage") != "pseudo":
-            continue
-        old = record.get("config", {})
-        diff = [k for k in _RESUME_KEYS if k in old and old[k] != config[k]]
-        if diff:
-            was = ", ".join(f"{k}={old[k]!r} (now {config[k]!r})" for k in diff)
-            raise WsssError(
-                f"{record_path}: this folder holds pseudo labels made with {was}; "
-                "use a new output folder or delete the old labels"
-            )
 
 
 def make_pseudo_labels(
@@ -195,7 +171,7 @@ def make_pseudo_labels(
         raise WsssError(f"{cam_dir}: CAM folder not found")
     if saliency_dir is not None and not Path(saliency_dir).is_dir():
         raise WsssError(f"{saliency_dir}: saliency folder not found")
-    shard_index, shard_count = _normalise_shard(shard)
+    shard_index, shard_count = parse_shard(shard)
     config = {
         "dataset": dataset.kind,
         "root": str(dataset.root),
@@ -208,7 +184,7 @@ def make_pseudo_labels(
         "shard": f"{shard_index}/{shard_count}",
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_resume(out_dir, config)
+    guard_output_dir(out_dir, "pseudo", {k: config[k] for k in _RESUME_KEYS})
 
     start = time.perf_counter()
     ids = shard_list(list(dataset.ids), (shard_index, shard_count))
@@ -227,7 +203,7 @@ def make_pseudo_labels(
         save_label(out_path, label)
         written += 1
 
-    name = "run.json" if shard_count == 1 else f"run.shard{shard_index}of{shard_count}.json"
+    name = shard_record_name((shard_index, shard_count))
     write_run_json(
         out_dir,
         "pseudo",
