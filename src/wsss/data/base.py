@@ -8,6 +8,7 @@ so VOC, COCO, a folder of images and the synthetic benchmark all run the same.
 
 from __future__ import annotations
 
+import abc
 import csv
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,7 @@ def build_dataset(kind: str, root: str | Path, split: str, **kwargs) -> Dataset:
     return DATASETS[kind](root, split, **kwargs)
 
 
-class Dataset:
+class Dataset(abc.ABC):
     """Base class: subclasses fill ``class_names`` (index 0 = background), ``ids``
     and ``_labels`` (id → sorted 1-based class ids), and the path methods."""
 
@@ -53,8 +54,9 @@ class Dataset:
         self.labels_source: Path = self.root  # the file the image-level labels came from, for error messages
 
     # ----------------------------------------------------------------- to override
+    @abc.abstractmethod
     def image_path(self, image_id: str) -> Path:
-        raise NotImplementedError
+        """Where the image of ``image_id`` lives (every dataset has images)."""
 
     def gt_path(self, image_id: str) -> Path | None:
         """Ground-truth label PNG, or None when the dataset has none."""
