@@ -377,6 +377,7 @@ class Pipeline:
         lines += ["| " + " | ".join(r) + " |" for r in self.summary_rows()]
         lines += ["", "Scores in percent. IA-S/M/L: instance-aware mIoU of small/medium/large objects.", ""]
         lines += ["## τ sweep", "", "![τ sweep](sweep/sweep.png)", "", "Full numbers: `sweep/sweep.csv`.", ""]
+        lines += self._class_section()
         lines += ["## Timings", "", "| stage | seconds |", "|---|---|"]
         lines += [
             f"| {k}{' (earlier run)' if k in self.resumed else ''} | {v:.1f} |"
@@ -385,6 +386,49 @@ class Pipeline:
         if self.resumed:
             lines += ["", "`total` is this invocation's wall time; stages marked *earlier run* were skipped."]
         atomic_write_text(self.out / "report.md", "\n".join(lines) + "\n")
+
+    def _class_section(self) -> list[str]:
+        """Per-class IoU for every saliency source next to seed 001's class statistics."""
+        split = self.cfg["pseudo"]["sweep_split"]
+        evals = {}
+        for r in self.results.get("evaluation", {}).values():
+            if r["split"] == split:
+                path = self.out / "eval" / f"{r['saliency']}_{split}.json"
+                if path.is_file():
+                    evals[r["saliency"]] = read_json(path)
+        if not evals:
+            return []
+        first = next(iter(evals.values()))
+        stats = {c["id"]: c for c in first.get("groups", {}).get("classes", [])}
+        sources = list(evals)
+        lines = [
+            f"## Per class (`{split}`)",
+            "",
+            "Occurrence = images with the class; size = mean share of the image; co-occ. = share of its "
+            "images with another class (seed 001, Table 1). IoU in percent per saliency source.",
+            "",
+            "| class | occurrence | size % | co-occ. % | " + " | ".join(f"IoU {s}" for s in sources) + " |",
+            "|---|---|---|---|" + "---|" * len(sources),
+        ]
+        for c in first["per_class"]:
+            st = stats.get(c["id"], {})
+            ious = [
+                _pct(next(x["iou"] for x in evals[s]["per_class"] if x["id"] == c["id"])) for s in sources
+            ]
+            lines.append(
+                f"| {c['name']} | {st.get('occurrence', float('nan')):.0f} | {_pct(st.get('relative_size'))} | "
+                f"{_pct(st.get('cooccurrence'))} | " + " | ".join(ious) + " |"
+            )
+        lines += ["", "Pearson correlation over the foreground classes with each source's IoU:", ""]
+        lines += ["| statistic | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
+        for stat in ("occurrence", "relative_size", "cooccurrence", "cardinality"):
+            row = [
+                evals[s].get("groups", {}).get("correlation", {}).get(stat, {}).get("iou") for s in sources
+            ]
+            lines.append(
+                f"| {stat} | " + " | ".join("–" if v is None or v != v else f"{v:+.2f}" for v in row) + " |"
+            )
+        return lines + [""]
 
 
 def _pct(v: Any) -> str:
