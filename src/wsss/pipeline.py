@@ -321,35 +321,26 @@ class Pipeline:
                 )
                 res.update({"split": split, "saliency": src, "tau": tau, "num_images": len(ds)})
                 write_json(self.out / "eval" / f"{src}_{split}.json", res)
-                out[f"{src}/{split}"] = {
-                    k: res[k]
-                    for k in ("saliency", "split", "tau", "miou", "ia_miou", "ia_miou_small", "ia_miou_medium",
-                              "ia_miou_large", "precision_mean", "recall_mean", "num_images")
-                    if k in res
-                }  # fmt: skip
+                keep = ("saliency", "split", "tau", "num_images", *self.SCORES)
+                out[f"{src}/{split}"] = {k: res[k] for k in keep if k in res}
         return out
 
     # ------------------------------------------------------------------ output
+    SCORES = (
+        "miou",
+        "ia_miou",
+        "ia_miou_small",
+        "ia_miou_medium",
+        "ia_miou_large",
+        "precision_mean",
+        "recall_mean",
+    )
+
     def summary_rows(self) -> list[list[str]]:
-        rows = []
-        for key, r in self.results.get("evaluation", {}).items():
-            rows.append(
-                [r["saliency"], r["split"], f"{r['tau']:.2f}"]
-                + [
-                    _pct(r.get(k))
-                    for k in (
-                        "miou",
-                        "ia_miou",
-                        "ia_miou_small",
-                        "ia_miou_medium",
-                        "ia_miou_large",
-                        "precision_mean",
-                        "recall_mean",
-                    )
-                ]  # fmt: skip
-            )
-            del key
-        return rows
+        return [
+            [r["saliency"], r["split"], f"{r['tau']:.2f}"] + [_pct(r.get(k)) for k in self.SCORES]
+            for r in self.results.get("evaluation", {}).values()
+        ]
 
     HEADERS = ["saliency", "split", "τ", "mIoU", "IA-mIoU", "IA-S", "IA-M", "IA-L", "prec", "recall"]
 
