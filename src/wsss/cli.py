@@ -102,6 +102,11 @@ def cam_train(
     split: Split = "train",
     method: Annotated[str, typer.Option(help="CAM training method.")] = "cam",
     config: Annotated[Path | None, typer.Option(help="YAML file with CamTrainConfig fields.")] = None,
+    oc: Annotated[
+        Path | None, typer.Option(help="Ordinary classifier (a `cam` run folder or weights).")
+    ] = None,
+    saliency: Annotated[str | None, typer.Option(help="Saliency folder or source name (eps, smvwe).")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="ε for y' = (1−ε)y + ε/2, e.g. 0.1.")] = None,
     sets: Sets = None,
     quiet: Quiet = False,
 ) -> None:
@@ -111,6 +116,9 @@ def cam_train(
 
     values = load_yaml(config) if config else {}
     values = apply_overrides(values, sets or [])
+    for key, value in (("oc", oc), ("saliency", saliency), ("label_smoothing", label_smoothing)):
+        if value is not None:
+            values[key] = str(value) if isinstance(value, Path) else value
     cfg = CamTrainConfig.from_dict(values, source=str(config or "--set"))
     ds = _dataset(data, dataset, split)
     ds.check_labels()

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -81,6 +82,11 @@ class CamTrainConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     stop_after_steps: int | None = None  # end the run early like a kill (tests of resume)
+    label_smoothing: float = 0.0  # ε: targets y' = (1 − ε)·y + ε/2 (P-NOC's "+LS" uses 0.1), any method
+    oc: str | None = (
+        None  # ordinary classifier weights (a `cam` training folder or .safetensors): oc-cse, p-oc, p-noc
+    )
+    saliency: str | None = None  # saliency folder, or a source name under the dataset's saliency/: eps, smvwe
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,6 +111,8 @@ class CamTrainConfig:
             problems.append("mean and std need 3 values each, std > 0")
         if self.num_workers < 0 or self.warmup_steps < 0:
             problems.append("num_workers and warmup_steps must be >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if problems:
             raise WsssError("CamTrainConfig: " + "; ".join(problems))
 
@@ -237,6 +245,13 @@ class CamTrainer(abc.ABC):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027  (optional hook)
         """Restore what :meth:`extra_state` returned."""
+
+    def cls_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Multilabel soft-margin loss with the config's label smoothing; every method's
+        classification terms go through here so ``label_smoothing`` applies to all of them."""
+        eps = self.config.label_smoothing
+        targets = labels * (1.0 - eps) + eps / 2.0 if eps else labels
+        return F.multilabel_soft_margin_loss(logits.float(), targets)
 
     @property
     def is_main(self) -> bool:

@@ -4,7 +4,6 @@ multilabel soft-margin loss (= mean BCE with logits over the C classes)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from wsss.cam.base import CamTrainer, register_cam_method
 
@@ -13,5 +12,4 @@ from wsss.cam.base import CamTrainer, register_cam_method
 class VanillaCamTrainer(CamTrainer):
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits, _maps = self.train_model(batch["image"])
-        loss = F.multilabel_soft_margin_loss(logits.float(), batch["label"])
-        return {"loss": loss}
+        return {"loss": self.cls_loss(logits, batch["label"])}
