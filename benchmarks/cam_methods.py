@@ -1,0 +1,171 @@
+"""Stage-1 methods under one budget: pseudo-label mIoU (mean ± s.e.m. over seeds) at each
+method's best τ, without and with saliency, plus seed 001's class-group table.
+
+Every (method, seed) cell is one ``wsss run`` in ``OUT/<method>/seed<k>/`` over one shared
+synthetic dataset, so cells resume after a kill and use exactly the pipeline users run.
+Methods that need an ordinary classifier (oc-cse, p-oc, p-noc) get the vanilla ``cam``
+classifier of the same seed. A long run (hours on 2 CPU cores; minutes on a GPU)::
+
+    python benchmarks/cam_methods.py --out runs/cam_methods
+    python benchmarks/cam_methods.py --out runs/quick --methods cam puzzle --seeds 0 --epochs 1 --max-images 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from wsss.cam import CAM_METHODS
+from wsss.data.synthetic import generate
+from wsss.io import atomic_write_text, read_json, write_json
+from wsss.pipeline import load_run_config, run_pipeline
+
+# name → (registered method, extra CamTrainConfig fields)
+ENTRIES: dict[str, tuple[str, dict]] = {
+    "cam": ("cam", {}),
+    "puzzle": ("puzzle", {}),
+    "oc-cse": ("oc-cse", {}),
+    "p-oc": ("p-oc", {}),
+    "p-noc": ("p-noc", {}),
+    "p-noc+ls": ("p-noc", {"label_smoothing": 0.1}),
+    "eps": ("eps", {"saliency": "good"}),
+    "smvwe": ("smvwe", {"saliency": "good"}),
+}
+NEEDS_OC = {"oc-cse", "p-oc", "p-noc"}
+
+
+def cell_config(args, name: str, seed: int, data_root: Path) -> dict:
+    method, extra = ENTRIES[name]
+    base = load_run_config("demo")
+    train = {**base["cam"]["train"], "epochs": args.epochs, **extra}
+    if method in NEEDS_OC:
+        train["oc"] = str(args.out / "cam" / f"seed{seed}" / "cam")
+    return {
+        "out": str(args.out / name / f"seed{seed}"),
+        "seed": seed,
+        "data": {
+            "kind": "synthetic",
+            "root": str(data_root),
+            "synth": None,
+            "train_split": "train",
+            "eval_splits": ["train"],
+            "max_images": {"train": args.max_images} if args.max_images else {},
+        },
+        "cam": {"method": method, "train": train, "infer": base["cam"]["infer"]},
+        "pseudo": {**base["pseudo"], "saliency": ["none", args.saliency]},
+        "evaluate": base["evaluate"],
+    }
+
+
+def mean_sem(values: list[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x == x], dtype=np.float64)
+    if v.size == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else 0.0
+
+
+def fmt(ms: tuple[float, float]) -> str:
+    m, s = ms
+    return "–" if m != m else f"{100 * m:.1f} ± {100 * s:.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/cam_methods"))
+    ap.add_argument("--methods", nargs="+", default=list(ENTRIES), choices=list(ENTRIES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=4, help="the same budget for every method")
+    ap.add_argument(
+        "--max-images", type=int, default=0, help="evaluate on the first N train images (0 = all)"
+    )
+    ap.add_argument("--saliency", default="good", help="saliency source for the 'with saliency' column")
+    ap.add_argument("--data-seed", type=int, default=0)
+    args = ap.parse_args()
+
+    missing = [m for m in args.methods if ENTRIES[m][0] not in CAM_METHODS]
+    if missing:
+        raise SystemExit(f"methods not available in this version: {missing}")
+    data_root = args.out / "data"
+    generate(data_root, "demo", seed=args.data_seed)
+    order = sorted(args.methods, key=lambda m: m != "cam")  # the ordinary classifiers first
+    if any(ENTRIES[m][0] in NEEDS_OC for m in order) and "cam" not in order:
+        order.insert(0, "cam")
+
+    rows: dict[str, dict] = {}
+    for name in order:
+        per_seed = []
+        for seed in args.seeds:
+            cfg = cell_config(args, name, seed, data_root)
+            results = run_pipeline(cfg, progress=False)
+            evals = {}
+            for r in results["evaluation"].values():
+                path = Path(cfg["out"]) / "eval" / f"{r['saliency']}_train.json"
+                evals[r["saliency"]] = {"summary": r, "groups": read_json(path).get("groups", {})}
+            per_seed.append(evals)
+        rows[name] = per_seed
+
+    sources = ["none", args.saliency]
+    lines = [
+        f"# Stage-1 methods, {args.epochs} epochs each, seeds {args.seeds} (mean ± s.e.m., %)",
+        "",
+        "| method | " + " | ".join(f"mIoU {s} | τ {s}" for s in sources) + " |",
+        "|---|" + "---|---|" * len(sources),
+    ]
+    table = {}
+    for name, per_seed in rows.items():
+        cells = []
+        table[name] = {}
+        for s in sources:
+            mious = [e[s]["summary"]["miou"] for e in per_seed]
+            taus = [e[s]["summary"]["tau"] for e in per_seed]
+            table[name][s] = {"miou": mean_sem(mious), "tau": taus}
+            cells += [fmt(mean_sem(mious)), "/".join(f"{t:.2f}" for t in taus)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    lines += ["", "## Class groups (seed 001, Table 3): IoU without saliency, mean over seeds (%)", ""]
+    group_names = None
+    for name, per_seed in rows.items():
+        groups = per_seed[0]["none"]["groups"].get("groups", [])
+        if group_names is None:
+            group_names = [f"{g['kind']}:{g['name']}" for g in groups if g["kind"] != "overall"]
+            lines += ["| method | " + " | ".join(group_names) + " |", "|---|" + "---|" * len(group_names)]
+        vals = []
+        for gname in group_names:
+            ious = [
+                g["iou"]
+                for e in per_seed
+                for g in e["none"]["groups"].get("groups", [])
+                if f"{g['kind']}:{g['name']}" == gname
+            ]
+            vals.append(fmt(mean_sem(ious)))
+        lines.append(f"| {name} | " + " | ".join(vals) + " |")
+    lines += ["", "Pearson r of per-class IoU (no saliency) with the class statistics, mean over seeds:", ""]
+    stats = ("occurrence", "relative_size", "cooccurrence", "cardinality")
+    lines += ["| method | " + " | ".join(stats) + " |", "|---|" + "---|" * len(stats)]
+    for name, per_seed in rows.items():
+        rs = [
+            np.nanmean(
+                [
+                    e["none"]["groups"].get("correlation", {}).get(st, {}).get("iou", math.nan)
+                    for e in per_seed
+                ]
+            )
+            for st in stats
+        ]
+        lines.append(f"| {name} | " + " | ".join(f"{r:+.2f}" for r in rs) + " |")
+
+    report = "\n".join(lines) + "\n"
+    atomic_write_text(args.out / "cam_methods.md", report)
+    write_json(
+        args.out / "cam_methods.json", {"args": {k: str(v) for k, v in vars(args).items()}, "table": table}
+    )
+    print(report)
+    print(json.dumps({"written": str(args.out / "cam_methods.md")}))
+
+
+if __name__ == "__main__":
+    main()
