@@ -1,6 +1,6 @@
 """Stage 1: train a CAM network (one file per method on a common base) and infer CAMs with TTA."""
 
-from wsss.cam import vanilla  # noqa: F401  (registers "cam")
+from wsss.cam import eps, oc_cse, pnoc, puzzle, smvwe, vanilla  # noqa: F401  (register the methods)
 from wsss.cam.base import (
     CAM_METHODS,
     CamTrainConfig,

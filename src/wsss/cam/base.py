@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from wsss import dist
 from wsss.cam.data import CamTrainData, EpochSampler, worker_init
 from wsss.data.base import Dataset
 from wsss.io import WsssError, atomic_path, atomic_write_text, write_run_json
@@ -157,18 +158,19 @@ def poly_factor(step: int, total_steps: int, power: float, warmup_steps: int = 0
     return factor
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 class CamTrainer(abc.ABC):
     """Subclasses implement :meth:`step`; they may extend :meth:`build_models`,
     :meth:`param_groups`, :meth:`extra_state`/:meth:`load_extra_state` and the hooks.
 
-    Rank awareness: the sampler shards by ``torch.distributed`` rank, and only rank 0
-    writes files or shows progress; a DDP wrapper can replace ``self.train_model``.
+    Multi-process (``torchrun``, one process per GPU or several on CPU): the process group
+    is joined from the environment, the sampler shards images by rank (``batch_size`` is per
+    process; every rank runs the same number of steps), ``self.train_model`` is
+    ``self.model`` wrapped in DistributedDataParallel — so :meth:`step` must forward through
+    ``self.train_model`` (a direct ``self.model(...)`` call would skip the gradient
+    all-reduce) — and methods with other trainable networks wrap them with :meth:`wrap` in
+    :meth:`build_models`. Every rank seeds its RNGs alike; the checkpoint keeps each rank's
+    RNG state, so a resumed run is exact. Only rank 0 writes files or shows progress, and
+    the others wait at a barrier after each write.
     """
 
     method_name = "base"
@@ -180,8 +182,9 @@ class CamTrainer(abc.ABC):
         self.out_dir = Path(out_dir)
         self.config = config
         self.progress = progress
-        self.rank, self.world_size = _dist_rank_world()
         self.device = resolve_device(config.device)
+        dist.init_from_env(self.device)  # no-op outside torchrun or when the caller joined already
+        self.rank, self.world_size = dist.rank_world()
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         if len(dataset) == 0:
@@ -207,11 +210,9 @@ class CamTrainer(abc.ABC):
         self._seed_everything(config.seed)
         # for methods' own random draws (e.g. the erased class of OC-CSE), saved in checkpoints
         self.generator = torch.Generator().manual_seed(config.seed)
+        self._wrapped: list[nn.Module] = []  # networks synchronised across ranks (see wrap)
         self.build_models()
-        self.model.to(self.device)
-        if config.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.train_model: nn.Module = self.model
+        self.train_model: nn.Module = self.wrap(self.model)
         self.optimizer = self.build_optimizer(self.param_groups())
         self.use_autocast = self.device.type == "cuda" and config.amp != "none"
         self.amp_dtype = torch.float16 if config.amp == "fp16" else torch.bfloat16
@@ -252,6 +253,26 @@ class CamTrainer(abc.ABC):
         eps = self.config.label_smoothing
         targets = labels * (1.0 - eps) + eps / 2.0 if eps else labels
         return F.multilabel_soft_margin_loss(logits.float(), targets)
+
+    def wrap(self, module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+        """Move a trainable network to the device (channels-last if configured) and, under
+        torchrun, wrap it in DistributedDataParallel; returns what to call in :meth:`step`.
+
+        The weights stay in ``module`` (checkpoints and outputs use it, without the
+        ``module.`` prefix). Pass ``find_unused_parameters=True`` for a network whose loss
+        does not reach every parameter in some steps.
+        """
+        module.to(self.device)
+        if self.config.channels_last:
+            module.to(memory_format=torch.channels_last)
+        self._wrapped.append(module)
+        if self.world_size == 1:
+            return module
+        return nn.parallel.DistributedDataParallel(
+            module,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters,
+        )
 
     @property
     def is_main(self) -> bool:
@@ -350,8 +371,29 @@ class CamTrainer(abc.ABC):
             "world_size": self.world_size,
         }
 
-    def state_dict(self) -> dict[str, Any]:
+    def rng_state(self) -> dict[str, Any]:
+        """This process's RNG states (global torch/CUDA/NumPy/Python and ``self.generator``)."""
         np_state = np.random.get_state()  # noqa: NPY002  (third-party code may use the global RNG)
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate(),
+            "generator": self.generator.get_state(),
+        }
+
+    def set_rng_state(self, rng: dict[str, Any]) -> None:
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np_state = rng["numpy"]
+        legacy = (np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:])
+        np.random.set_state(legacy)  # noqa: NPY002
+        random.setstate(_as_tuples(rng["python"]))
+        self.generator.set_state(rng["generator"])
+
+    def state_dict(self, rank_rng: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything a resumed run needs; ``rank_rng`` holds every rank's RNG state under DDP."""
         state = {
             "version": CHECKPOINT_VERSION,
             "identity": self._identity(),
@@ -363,25 +405,26 @@ class CamTrainer(abc.ABC):
             "scaler": self.scaler.state_dict(),
             "log_sums": {k: float(v) for k, v in self._log_sums.items()},
             "log_count": self._log_count,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-                "python": random.getstate(),
-                "generator": self.generator.get_state(),
-            },
+            "rng": rank_rng[0] if rank_rng else self.rng_state(),
             "extra": self.extra_state(),
         }
+        if rank_rng and len(rank_rng) > 1:
+            state["rank_rng"] = rank_rng
         return state
 
     def save_checkpoint(self) -> None:
-        if not self.is_main:
-            return
-        self.write_log()
-        buf = io.BytesIO()
-        torch.save(self.state_dict(), buf)
-        with atomic_path(self.checkpoint_path) as tmp:
-            tmp.write_bytes(buf.getvalue())
+        """Rank 0 writes; every rank must call this (it gathers the ranks' RNG states)."""
+        rank_rng = None
+        if self.world_size > 1:
+            rank_rng = dist.all_gather_object(self.rng_state())
+            dist.broadcast_buffers(self._wrapped)  # the saved statistics are every rank's from now on
+        if self.is_main:
+            self.write_log()
+            buf = io.BytesIO()
+            torch.save(self.state_dict(rank_rng), buf)
+            with atomic_path(self.checkpoint_path) as tmp:
+                tmp.write_bytes(buf.getvalue())
+        dist.barrier()
 
     def load_checkpoint(self) -> bool:
         """Restore everything from ``checkpoint.pt`` if present; True when resumed."""
@@ -412,15 +455,7 @@ class CamTrainer(abc.ABC):
         self.elapsed_s = float(state["elapsed_s"])
         self._log_sums = dict(state["log_sums"])
         self._log_count = int(state["log_count"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np_state = rng["numpy"]
-        legacy = (np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:])
-        np.random.set_state(legacy)  # noqa: NPY002
-        random.setstate(_as_tuples(rng["python"]))
-        self.generator.set_state(rng["generator"])
+        self.set_rng_state(state["rank_rng"][self.rank] if "rank_rng" in state else state["rng"])
         self.load_extra_state(state["extra"])
         self.log_rows = [r for r in self.read_log() if r["step"] <= self.global_step]
         return True
@@ -503,6 +538,7 @@ class CamTrainer(abc.ABC):
         if self.model_path.is_file():
             return self.model_path
         self.load_checkpoint()
+        dist.barrier()  # every rank has read the checkpoint before rank 0 may overwrite it
         c = self.config
         bar = tqdm(
             total=self.total_steps,
@@ -519,7 +555,7 @@ class CamTrainer(abc.ABC):
                 if c.stop_after_steps is not None and self.global_step >= c.stop_after_steps:
                     stopped = True
                     break
-                losses = self.train_step(self.to_device(batch))
+                losses = self.mean_across_ranks(self.train_step(self.to_device(batch)))
                 self.global_step += 1
                 now = time.perf_counter()
                 self.elapsed_s += now - tick
@@ -534,7 +570,7 @@ class CamTrainer(abc.ABC):
             bar.close()
         if stopped:
             return self.checkpoint_path
-        self.save_checkpoint()
+        self.save_checkpoint()  # under DDP this also gives every rank rank 0's buffers
         self.save_final()
         if self.is_main:
             write_run_json(
@@ -551,13 +587,24 @@ class CamTrainer(abc.ABC):
                     },
                     "num_images": len(self.dataset),
                     "steps": self.total_steps,
+                    "world_size": self.world_size,
                     "images_per_s": round(
                         self.total_steps * c.batch_size * self.world_size / max(self.elapsed_s, 1e-9), 2
                     ),
                     "final_loss": self.log_rows[-1]["loss"] if self.log_rows else None,
                 },
             )
+        dist.barrier()  # no rank returns (and reads the outputs) before rank 0 has written them
         return self.model_path
+
+    def mean_across_ranks(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The losses averaged over ranks, so the log (and its non-finite check) is the
+        same on every rank and describes the global batch."""
+        if self.world_size == 1:
+            return losses
+        names = sorted(losses)
+        means = dist.mean_across_ranks(torch.stack([losses[k].float().reshape(()) for k in names]))
+        return dict(zip(names, means.unbind(), strict=True))
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -605,7 +652,11 @@ def train_cam(
     method: str = "cam",
     progress: bool = True,
 ) -> Path:
-    """Train stage 1 into ``out_dir``; returns ``out_dir/model.safetensors`` (skips if it exists)."""
+    """Train stage 1 into ``out_dir``; returns ``out_dir/model.safetensors`` (skips if it exists).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) it joins the process group from the environment
+    (NCCL on CUDA, gloo on CPU; see :func:`wsss.dist.init_from_env`) and trains with DDP.
+    """
     out_dir = Path(out_dir)
     if (out_dir / MODEL_NAME).is_file():
         return out_dir / MODEL_NAME

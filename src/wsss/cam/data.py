@@ -7,7 +7,9 @@ the result does not depend on the number of DataLoader workers.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 from torch.utils.data import Sampler
 
 from wsss.data.base import Dataset
+from wsss.io import WsssError, image_size, load_saliency
 
 _ORDER_STREAM, _AUGMENT_STREAM = 0, 1
 
@@ -26,33 +29,48 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
     return (image.astype(np.float32) - mean_255) / std_255
 
 
+def _rescaled_size(shape: tuple[int, ...], scale_range: tuple[float, float], rng: np.random.Generator):
+    lo, hi = scale_range
+    scale = rng.uniform(lo, hi)
+    h, w = shape[:2]
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if size == image.shape[:2]:
+        return image
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
 def random_rescale(
     image: np.ndarray, scale_range: tuple[float, float], rng: np.random.Generator
 ) -> np.ndarray:
-    lo, hi = scale_range
-    scale = rng.uniform(lo, hi)
-    h, w = image.shape[:2]
-    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    if (new_h, new_w) == (h, w):
-        return image
-    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    return _resize(image, _rescaled_size(image.shape, scale_range, rng))
 
 
-def random_crop_pad(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A size×size window: a random crop along sides longer than ``size``, a random
-    placement with zero padding (= the mean colour after normalisation) along shorter ones."""
-    h, w = image.shape[:2]
-    out = np.zeros((size, size) + image.shape[2:], dtype=image.dtype)
+def _crop_windows(h: int, w: int, size: int, rng: np.random.Generator) -> tuple[tuple[int, int, int], ...]:
+    """(src, dst, length) along y then x: a random crop along sides longer than ``size``,
+    a random placement along shorter ones."""
 
     def window(n: int) -> tuple[int, int, int]:
         if n >= size:
             return int(rng.integers(0, n - size + 1)), 0, size
         return 0, int(rng.integers(0, size - n + 1)), n
 
-    src_y, dst_y, len_y = window(h)
-    src_x, dst_x, len_x = window(w)
+    return window(h), window(w)
+
+
+def _apply_crop(image: np.ndarray, size: int, windows: tuple[tuple[int, int, int], ...]) -> np.ndarray:
+    (src_y, dst_y, len_y), (src_x, dst_x, len_x) = windows
+    out = np.zeros((size, size) + image.shape[2:], dtype=image.dtype)
     out[dst_y : dst_y + len_y, dst_x : dst_x + len_x] = image[src_y : src_y + len_y, src_x : src_x + len_x]
     return out
+
+
+def random_crop_pad(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A size×size window: a random crop along sides longer than ``size``, a random
+    placement with zero padding (= the mean colour after normalisation) along shorter ones."""
+    return _apply_crop(image, size, _crop_windows(image.shape[0], image.shape[1], size, rng))
 
 
 def augment(
@@ -65,16 +83,40 @@ def augment(
     std: Sequence[float],
 ) -> np.ndarray:
     """Random rescale → h-flip → normalise → crop/pad; returns float32 3×S×S."""
-    image = random_rescale(image, scale_range, rng)
+    return augment_with_saliency(image, None, rng, crop_size, scale_range, hflip, mean, std)[0]
+
+
+def augment_with_saliency(
+    image: np.ndarray,
+    saliency: np.ndarray | None,
+    rng: np.random.Generator,
+    crop_size: int,
+    scale_range: tuple[float, float],
+    hflip: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`augment` with a saliency map (H×W in [0, 1]) taken through the very same
+    rescale/flip/crop, so that saliency supervision stays aligned with the pixels; padding
+    is non-salient (0). The random draws are those of :func:`augment`, saliency or not."""
+    size = _rescaled_size(image.shape, scale_range, rng)
+    image = _resize(image, size)
+    if saliency is not None:
+        saliency = _resize(saliency.astype(np.float32, copy=False), size)
     if hflip and rng.random() < 0.5:
         image = image[:, ::-1]
-    image = random_crop_pad(normalize(image, mean, std), crop_size, rng)
-    return np.ascontiguousarray(image.transpose(2, 0, 1))
+        saliency = saliency[:, ::-1] if saliency is not None else None
+    windows = _crop_windows(size[0], size[1], crop_size, rng)
+    image = _apply_crop(normalize(image, mean, std), crop_size, windows)
+    if saliency is not None:
+        saliency = np.ascontiguousarray(_apply_crop(saliency, crop_size, windows)[None])
+    return np.ascontiguousarray(image.transpose(2, 0, 1)), saliency
 
 
 class CamTrainData(torch.utils.data.Dataset):
     """Indexed by ``(epoch, index)`` pairs from :class:`EpochSampler`; yields
-    ``{"image": 3×S×S, "label": multi-hot C, "index": int}``."""
+    ``{"image": 3×S×S, "label": multi-hot C, "index": int}``, plus ``"saliency"``
+    (1×S×S in [0, 1], augmented with the image) once :meth:`use_saliency` was called."""
 
     def __init__(
         self,
@@ -94,6 +136,22 @@ class CamTrainData(torch.utils.data.Dataset):
         self.hflip = hflip
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
+        self.saliency_dir: Path | None = None
+
+    def use_saliency(self, saliency_dir: str | os.PathLike) -> None:
+        """Deliver ``<saliency_dir>/<id>.png`` with every sample; every map is checked now
+        (present, readable header, the image's size) so a bad one stops the run before training."""
+        saliency_dir = Path(saliency_dir)
+        for image_id in self.ids:
+            path = saliency_dir / f"{image_id}.png"
+            if not path.is_file():
+                raise WsssError(f"{path}: saliency map not found (for image {image_id!r})")
+            shape, expected = image_size(path), image_size(self.dataset.image_path(image_id))
+            if shape != expected:
+                raise WsssError(
+                    f"{path}: size {shape[1]}×{shape[0]} does not match the image {expected[1]}×{expected[0]}"
+                )
+        self.saliency_dir = saliency_dir
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -101,13 +159,22 @@ class CamTrainData(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor | int]:
         epoch, index = key
         rng = np.random.default_rng([self.seed, _AUGMENT_STREAM, epoch, index])
-        image = self.dataset.image(self.ids[index])
-        image = augment(image, rng, self.crop_size, self.scale_range, self.hflip, self.mean, self.std)
-        return {
+        image_id = self.ids[index]
+        image = self.dataset.image(image_id)
+        saliency = None
+        if self.saliency_dir is not None:
+            saliency = load_saliency(self.saliency_dir / f"{image_id}.png", shape=image.shape[:2])
+        image, saliency = augment_with_saliency(
+            image, saliency, rng, self.crop_size, self.scale_range, self.hflip, self.mean, self.std
+        )
+        sample = {
             "image": torch.from_numpy(image),
             "label": torch.from_numpy(self.labels[index]),
             "index": index,
         }
+        if saliency is not None:
+            sample["saliency"] = torch.from_numpy(saliency)
+        return sample
 
 
 class EpochSampler(Sampler[tuple[int, int]]):

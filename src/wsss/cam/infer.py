@@ -39,7 +39,8 @@ NORM_EPS = 1e-5
 def tta_cams(model: nn.Module, images: torch.Tensor, scales: Sequence[float], flip: bool) -> torch.Tensor:
     """Summed relu'd class maps B×C×H×W of normalised images B×3×H×W (not yet max-normalised).
 
-    ``model(x)`` must return ``(logits, maps)`` like :class:`wsss.models.CamNet`.
+    ``model(x)`` must return ``(logits, maps)`` like :class:`wsss.models.CamNet`; maps beyond
+    the logits' classes (a background map, stored last) are dropped.
     """
     batch, _, height, width = images.shape
     total = None
@@ -52,7 +53,9 @@ def tta_cams(model: nn.Module, images: torch.Tensor, scales: Sequence[float], fl
         )
         if flip:
             x = torch.cat([x, x.flip(-1)])
-        maps = torch.relu(model(x)[1].float())
+        logits, maps = model(x)[:2]
+        # a model with a background map (EPS, SMVWE) returns C+1 maps: keep the C foreground ones
+        maps = torch.relu(maps[:, : logits.shape[1]].float())
         if flip:
             maps = maps[:batch] + maps[batch:].flip(-1)
         maps = F.interpolate(maps, (height, width), mode="bilinear", align_corners=False)

@@ -1,6 +1,9 @@
 """The CAM classifier of METHODS.md §1 and its on-disk form (safetensors + a small json).
 
 backbone (stride 16) → 1×1 conv, C outputs, no bias → F; logits = GAP(F); CAM = relu(F).
+Saliency-supervised methods (EPS, SMVWE) add a background map, stored last (C + 1 maps);
+the logits stay the C foreground ones so every consumer of ``(logits, maps)`` sees the
+same classes, and ``maps[:, :C]`` are the foreground CAMs.
 Taking GAP after the 1×1 conv (instead of before) is the same classifier, but it hands
 every method the class maps F directly, so Puzzle/OC-CSE/P-NOC can build on it.
 """
@@ -30,38 +33,53 @@ class CamNet(nn.Module):
         pretrained: bool = False,
         weights: str | os.PathLike | None = None,
         output_stride: int = 16,
+        background_map: bool = False,
     ):
-        """``num_classes`` counts the output maps (the C foreground classes, no background)."""
+        """``num_classes`` counts the C foreground classes; ``background_map`` adds one more
+        output map (last) for methods that model the background explicitly."""
         super().__init__()
         if num_classes < 1:
             raise WsssError(f"{backbone}: num_classes must be >= 1, got {num_classes}")
         self.backbone_name = backbone
         self.num_classes = num_classes
         self.output_stride = output_stride
+        self.background_map = background_map
         self.backbone, self.feature_channels = build_backbone(backbone, pretrained, weights, output_stride)
-        self.classifier = nn.Conv2d(self.feature_channels, num_classes, kernel_size=1, bias=False)
+        num_maps = num_classes + 1 if background_map else num_classes
+        self.classifier = nn.Conv2d(self.feature_channels, num_maps, kernel_size=1, bias=False)
         nn.init.xavier_uniform_(self.classifier.weight)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Last backbone map (B×D×h×w), for methods that read the features themselves."""
         return self.backbone(x)[-1]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits B×C, class maps F B×C×h×w); CAM = relu(F)."""
-        maps = self.classifier(self.features(x))
-        return maps.mean(dim=(2, 3)), maps
+    def forward(
+        self, x: torch.Tensor, return_features: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits B×C, class maps F B×C×h×w — B×(C+1)×h×w with the background map);
+        CAM = relu(F). ``return_features`` also returns the backbone map, through the same
+        call so that a DDP wrapper sees every use of the parameters."""
+        features = self.features(x)
+        maps = self.classifier(features)
+        logits = maps[:, : self.num_classes].mean(dim=(2, 3))
+        if return_features:
+            return logits, maps, features
+        return logits, maps
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone params, head params): the head trains at a higher learning rate."""
         return list(self.backbone.parameters()), list(self.classifier.parameters())
 
     def meta(self) -> dict[str, Any]:
-        return {
+        meta = {
             "format": MODEL_FORMAT,
             "backbone": self.backbone_name,
             "num_classes": self.num_classes,
             "output_stride": self.output_stride,
         }
+        if self.background_map:  # absent in older files: they are C-map models
+            meta["background_map"] = True
+        return meta
 
 
 def model_weights_path(path_or_dir: str | os.PathLike) -> Path:
@@ -103,7 +121,10 @@ def load_cam_model(path_or_dir: str | os.PathLike, device: str | torch.device | 
     if not isinstance(meta, dict) or "backbone" not in meta or "num_classes" not in meta:
         raise WsssError(f"{meta_path}: expected keys 'backbone' and 'num_classes'")
     model = CamNet(
-        meta["backbone"], int(meta["num_classes"]), output_stride=int(meta.get("output_stride", 16))
+        meta["backbone"],
+        int(meta["num_classes"]),
+        output_stride=int(meta.get("output_stride", 16)),
+        background_map=bool(meta.get("background_map", False)),
     )
     try:
         state = load_file(str(weights_path), device="cpu")
