@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-methods clean
 
 install: $(VENV)/.installed
 
@@ -24,8 +24,12 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-bench: install
-	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+bench: install          # speed benchmarks, a few minutes
+	for f in benchmarks/metrics_throughput.py benchmarks/pseudo_throughput.py benchmarks/cam_speed.py; do \
+		echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+bench-methods: install  # every CAM method × 3 seeds on the demo data: hours on a CPU, resumable
+	$(BIN)/python benchmarks/cam_methods.py --out runs/cam_methods
 
 clean:
 	rm -rf runs .pytest_cache
