@@ -65,12 +65,15 @@ def mean_sem(values: list[float]) -> tuple[float, float]:
     v = np.asarray([x for x in values if x == x], dtype=np.float64)
     if v.size == 0:
         return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else 0.0
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
 
 
 def fmt(ms: tuple[float, float]) -> str:
+    """Percent, with the s.e.m. when there are several seeds."""
     m, s = ms
-    return "–" if m != m else f"{100 * m:.1f} ± {100 * s:.1f}"
+    if m != m:
+        return "–"
+    return f"{100 * m:.1f}" if s != s else f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
 def main() -> None:
