@@ -512,17 +512,19 @@ class CamTrainer(abc.ABC):
         self._log_sums, self._log_count = {}, 0
         return means["loss"]
 
-    def save_final(self) -> None:
-        if not self.is_main:
-            return
-        meta = {
+    def model_meta(self) -> dict[str, Any]:
+        """What the weights' json records besides the architecture (to rebuild and reproduce)."""
+        return {
             "method": self.method_name,
             "mean": list(self.config.mean),
             "std": list(self.config.std),
             "class_names": list(self.dataset.class_names),
             "train_config": self.config.to_dict(),
         }
-        save_cam_model(self.model, self.model_path, meta)
+
+    def save_final(self) -> None:
+        if self.is_main:
+            save_cam_model(self.model, self.model_path, self.model_meta())
 
     # ----------------------------------------------------------------- the loop
     def batches(self) -> Iterator[dict[str, Any]]:

@@ -24,8 +24,10 @@ def build_backbone(
     pretrained: bool = False,
     weights: str | os.PathLike | None = None,
     output_stride: int = 16,
+    out_indices: tuple[int, ...] = (-1,),
 ) -> tuple[nn.Module, int]:
-    """(timm feature extractor returning a one-element list [last map], its channel count).
+    """(timm feature extractor returning the list of maps of ``out_indices`` — by default
+    [last map] —, their total channel count).
 
     ``pretrained`` fetches timm's weights (needs network); ``weights`` loads a local
     ``.pth``/``.pt``/``.safetensors`` file instead. Neither: random init.
@@ -36,7 +38,11 @@ def build_backbone(
         raise WsssError(f"{weights}: give either pretrained=True or a local weights file, not both")
     try:
         body = timm.create_model(
-            name, features_only=True, output_stride=output_stride, pretrained=pretrained, out_indices=(-1,)
+            name,
+            features_only=True,
+            output_stride=output_stride,
+            pretrained=pretrained,
+            out_indices=out_indices,
         )
     except RuntimeError as e:
         if "Unknown model" in str(e):
@@ -50,7 +56,7 @@ def build_backbone(
         ) from None
     if weights is not None:
         load_backbone_weights(body, weights)
-    return body, int(body.feature_info.channels()[-1])
+    return body, int(sum(body.feature_info.channels()))
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
