@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from wsss.io import atomic_write_text, save_cam, save_label
 
@@ -140,3 +141,35 @@ def test_empty_label_set_names_the_labels_file(data, tmp_path):
     atomic_write_text(csv, "\n".join(lines) + "\n")
     proc = wsss("cam", "train", "--data", str(data), "--out", str(tmp_path / "cam"), "-q")
     assert_clear_error(proc, csv, "empty label set")
+
+
+def test_saliency_import_then_eval(data, tmp_path):
+    """`saliency make folder` imports a detector's maps with provenance; `saliency eval` scores them."""
+    detector_out = tmp_path / "poolnet_duts"
+    shutil.copytree(data / "saliency" / "oracle", detector_out)
+    proc = wsss("saliency", "make", "folder", "--data", str(data), "--from", str(detector_out),
+                "--detector", "PoolNet", "--trained-on", "DUTS-TR", "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = data / "saliency" / "PoolNet"  # named after the detector
+    assert len(list(out.glob("*.png"))) == len(ids_of(data))
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["detector"] == "PoolNet" and prov["trained_on"] == "DUTS-TR"
+    result = tmp_path / "sal.json"
+    proc = wsss("saliency", "eval", "PoolNet", "--data", str(data), "--json", str(result), "-q")
+    assert proc.returncode == 0, proc.stderr
+    scores = json.loads(result.read_text())
+    assert scores["mae"] == 0.0 and scores["max_f"] == pytest.approx(1.0) and scores["iou"] == 1.0
+    (detector_out / f"{ids_of(data)[0]}.png").unlink()
+    proc = wsss("saliency", "make", "folder", "--data", str(data), "--from", str(detector_out),
+                "--out", str(tmp_path / "again"), "-q")  # fmt: skip
+    assert_clear_error(proc, detector_out / f"{ids_of(data)[0]}.png", "")
+
+
+def test_saliency_cue_is_binary(data, tmp_path):
+    out = tmp_path / "sr"
+    proc = wsss("saliency", "make", "spectral-residual", "--data", str(data), "--out", str(out),
+                "--cue", "0.25", "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    values = np.unique(np.concatenate([np.unique(np.asarray(Image.open(p))) for p in out.glob("*.png")]))
+    assert set(values.tolist()) <= {0, 255}
+    assert json.loads((out / "provenance.json").read_text())["cue"]["threshold"] == 0.25

@@ -41,7 +41,9 @@ def test_every_stage_leaves_its_files(tiny_run):
     assert record["seed"] == 0 and "torch" in record["versions"]
     evals = record["results"]["evaluation"]
     assert set(evals) == {
-        f"{s}/{sp}" for s in ("none", "oracle", "good", "poor") for sp in ("train", "val_balanced")
+        f"{s}/{sp}"
+        for s in ("none", "oracle", "good", "poor", "spectral-residual", "c2am-h")
+        for sp in ("train", "val_balanced")
     }
     for r in evals.values():
         assert 0.0 <= r["miou"] <= 1.0
@@ -50,6 +52,12 @@ def test_every_stage_leaves_its_files(tiny_run):
     num_classes = len((run / "data" / "class_names.txt").read_text().split())
     label = load_label(run / "pseudo" / "oracle" / "train" / f"{train_ids[0]}.png", num_classes)
     assert label.ndim == 2
+    quality = record["results"]["saliency_quality"]
+    assert quality["oracle"]["train"]["max_f"] == pytest.approx(1.0)
+    assert quality["c2am-h"]["val_balanced"]["num_images"] > 0
+    assert (run / "saliency" / "c2am-h" / "model" / "model.safetensors").is_file()
+    assert (run / "saliency" / "spectral-residual" / "val_balanced" / "provenance.json").is_file()
+    assert "## Saliency sources" in (run / "report.md").read_text()
     assert (run / "report.md").read_text().count("|") > 20
     assert "mIoU" in proc.stdout
 
@@ -59,7 +67,7 @@ def test_rerun_skips_finished_stages_with_identical_results(tiny_run):
     before = json.loads((run / "run.json").read_text())["results"]
     proc = wsss("run", "tiny", "--out", str(run), "--quiet", cwd=run.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("done already") == 5
+    assert proc.stderr.count("done already") == 7  # synth … pseudo_eval, saliency and saliency_eval included
     after = json.loads((run / "run.json").read_text())["results"]
     assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
 

@@ -26,6 +26,10 @@ cam_app = typer.Typer(
     help="Stage 1: train a CAM network and infer class activation maps.", no_args_is_help=True
 )
 app.add_typer(cam_app, name="cam")
+saliency_app = typer.Typer(
+    help="Stage 2: saliency maps from any source, and their quality.", no_args_is_help=True
+)
+app.add_typer(saliency_app, name="saliency")
 
 DataRoot = Annotated[Path, typer.Option("--data", help="Dataset root folder.")]
 DataKind = Annotated[str, typer.Option("--dataset", help="Dataset kind: synthetic, voc, coco, folder.")]
@@ -148,6 +152,85 @@ def cam_infer(
     infer_cams(ds, model, out, scales=_floats(scales), flip=flip, shard=parse_shard(shard), device=device,
                progress=not quiet)  # fmt: skip
     typer.echo(f"CAMs in {out}")
+
+
+# ---------------------------------------------------------------------------- stage 2
+@saliency_app.command("make")
+def saliency_make(
+    source: Annotated[str, typer.Argument(help="folder, spectral-residual, fine-grained, c2am or c2am-h.")],
+    data: DataRoot,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for <id>.png maps (default DATA/saliency/SOURCE; folder: the detector)."),
+    ] = None,
+    dataset: DataKind = "synthetic",
+    split: Split = "train",
+    from_dir: Annotated[
+        Path | None, typer.Option("--from", help="folder: the detector's maps (matched by stem).")
+    ] = None,
+    detector: Annotated[
+        str | None, typer.Option(help="folder: which detector made them (provenance).")
+    ] = None,
+    trained_on: Annotated[
+        str | None, typer.Option(help="folder: the detector's training set (provenance).")
+    ] = None,
+    cams: Annotated[Path | None, typer.Option(help="c2am-h: CAM folder of the training images.")] = None,
+    cue: Annotated[
+        float | None,
+        typer.Option(help="Write a binary background cue: map > CUE, then dense CRF if installed."),
+    ] = None,
+    crf: Annotated[bool, typer.Option(help="With --cue: refine the cut with a dense CRF.")] = True,
+    sets: Sets = None,
+    shard: Shard = None,
+    quiet: Quiet = False,
+) -> None:
+    """Write saliency maps (8-bit PNG, 255 = salient) with a provenance record; resumes.
+
+    Source options go through --set, e.g. --set train.epochs=4 --set train.backbone=resnet18
+    for c2am, --set resize=any for folder.
+    """
+    from wsss.config import apply_overrides
+    from wsss.saliency import build_saliency_source, make_saliency
+
+    options = apply_overrides({}, sets or [])
+    for key, value in (("dir", from_dir), ("detector", detector), ("trained_on", trained_on), ("cams", cams)):
+        if value is not None:
+            options[key] = str(value)
+    ds = _dataset(data, dataset, split)
+    src = build_saliency_source(source, **options)
+    if out is None:  # imported maps are named by their detector, so two detectors never share a folder
+        name = source if source != "folder" else (detector or (from_dir.name if from_dir else source))
+        out = ds.saliency_dir(name)
+    cue_opts = None if cue is None else {"threshold": cue, "crf": crf}
+    make_saliency(src, ds, out, shard=parse_shard(shard), cue=cue_opts, progress=not quiet)
+    typer.echo(f"saliency maps in {out}")
+
+
+@saliency_app.command("eval")
+def saliency_eval(
+    pred: Annotated[str, typer.Argument(help="Saliency folder, or a source name under DATA/saliency/.")],
+    data: DataRoot,
+    dataset: DataKind = "synthetic",
+    split: Split = "train",
+    gt: Annotated[
+        Path | None,
+        typer.Option(help="Ground-truth saliency PNGs (> 0.5 = salient); default: GT labels > 0."),
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """MAE, max F-measure (β² = 0.3) and IoU at 0.5 against foreground masks."""
+    from wsss.io import write_json
+    from wsss.saliency.metrics import evaluate_saliency
+
+    ds = _dataset(data, dataset, split)
+    res = evaluate_saliency(_saliency_arg(ds, pred), ds, gt_dir=gt, progress=not quiet)
+    typer.echo(
+        f"{pred} on {split} ({res['num_images']} images): MAE {res['mae']:.4f}  "
+        f"max-F {res['max_f']:.4f}  IoU@0.5 {res['iou']:.4f}"
+    )
+    if json_out:
+        write_json(json_out, res)
 
 
 # ---------------------------------------------------------------------------- stage 3

@@ -58,8 +58,12 @@ DEFAULTS: dict[str, Any] = {
         "train": {},  # CamTrainConfig fields
         "infer": {"scales": [0.5, 1.0, 1.5, 2.0], "flip": True, "batch_size": 8},
     },
+    # stage 2: name → {source: KIND, cue: {...}?, <source options>}, built into
+    # saliency/<name>/<split>/; learnt sources (c2am, c2am-h) train once on the train split
+    "saliency": {},
     "pseudo": {
-        "saliency": ["none"],  # "none" = background is the constant τ; else a source under data/saliency/
+        # "none" = background is the constant τ; else a source of `saliency` or under data/saliency/
+        "saliency": ["none"],
         "taus": {"start": 0.05, "stop": 0.95, "step": 0.05},
         "sal_threshold": 0.2,
         "ignore_salient_bg": True,
@@ -180,7 +184,8 @@ class Pipeline:
             if name == "none":
                 out[name] = None
             else:
-                d = Path(path) if path else ds.saliency_dir(name)
+                built = self.out / "saliency" / name / ds.split if name in self.cfg["saliency"] else None
+                d = Path(path) if path else built or ds.saliency_dir(name)
                 if not d.is_dir():
                     raise WsssError(f"{d}: saliency folder for source {name!r} not found")
                 out[name] = d
@@ -217,14 +222,21 @@ class Pipeline:
         }
         self._stage("cam_infer", infer_cfg, lambda: self._infer(eval_splits))
 
+        sal_cfg = dict(infer_cfg)
+        if cfg["saliency"]:  # absent from the hashes when unused, so older runs still resume
+            sal_cfg["saliency"] = cfg["saliency"]
+            self._stage("saliency", sal_cfg, lambda: self._saliency(eval_splits))
+        quality_cfg = {**sal_cfg, "sources": cfg["pseudo"]["saliency"], "eval_splits": eval_splits}
+        quality = self._stage("saliency_eval", quality_cfg, lambda: self._saliency_quality(eval_splits))
+
         sweep_ds = self.dataset(cfg["pseudo"]["sweep_split"])
-        sweep_cfg = {**infer_cfg, "pseudo": cfg["pseudo"]}
+        sweep_cfg = {**sal_cfg, "pseudo": cfg["pseudo"]}
         best = self._stage("sweep", sweep_cfg, lambda: self._sweep(sweep_ds))
 
         eval_cfg = {**sweep_cfg, "evaluate": cfg["evaluate"], "eval_splits": cfg["data"]["eval_splits"]}
         evals = self._stage("pseudo_eval", eval_cfg, lambda: self._pseudo_and_evaluate(best))
 
-        self.results = {"best_tau": best, "evaluation": evals}
+        self.results = {"best_tau": best, "evaluation": evals, "saliency_quality": quality}
         self.timings["total"] = time.perf_counter() - t_start
         self._write_report()
         write_run_json(
@@ -273,6 +285,54 @@ class Pipeline:
             )
             n += len(ds)
         return {"images": n}
+
+    def _saliency(self, splits: list[str]) -> dict:
+        """Build every configured source for every split; a learnt source is trained once,
+        on the (limited) train split — the images whose CAMs C²AM-H takes as hints."""
+        from wsss.saliency import build_saliency_source, make_saliency
+
+        done: dict[str, dict] = {}
+        for name, spec in self.cfg["saliency"].items():
+            if not isinstance(spec, dict) or "source" not in spec:
+                raise WsssError(f"config saliency.{name}: expected a mapping with a 'source' key")
+            options = {k: v for k, v in spec.items() if k not in ("source", "cue")}
+            kind = spec["source"]
+            folder = self.out / "saliency" / name
+            if kind in ("c2am", "c2am-h") and not options.get("model"):
+                options["train"] = {"seed": self.cfg["seed"], **(options.get("train") or {})}
+                if kind == "c2am-h":
+                    options.setdefault("cams", str(self.out / "cams"))
+                train_ds = self.dataset(self.cfg["data"]["train_split"])
+                build_saliency_source(kind, **options).prepare(train_ds, folder, self.progress)
+                predict_keys = ("scales", "flip", "normalize", "device")
+                options = {
+                    "model": str(folder / "model"),
+                    **{k: options[k] for k in predict_keys if k in options},
+                }
+            for split in splits:
+                source = build_saliency_source(kind, **options)
+                make_saliency(
+                    source, self.dataset(split), folder / split, cue=spec.get("cue"), progress=self.progress
+                )
+            done[name] = {"source": kind, "folder": str(folder)}
+        return done
+
+    def _saliency_quality(self, splits: list[str]) -> dict:
+        """MAE / max-F / IoU of every saliency source against the GT foreground (seed 000 puts
+        pseudo-label quality next to saliency quality)."""
+        from wsss.saliency.metrics import evaluate_saliency
+
+        out: dict[str, dict] = {}
+        for split in splits:
+            ds = self.dataset(split)
+            if not ds.ids or ds.gt_path(ds.ids[0]) is None:
+                continue
+            for src, sal_dir in self.saliency_sources(ds).items():
+                if sal_dir is None:
+                    continue
+                res = evaluate_saliency(sal_dir, ds, progress=self.progress)
+                out.setdefault(src, {})[split] = {k: res[k] for k in ("mae", "max_f", "iou", "num_images")}
+        return out
 
     def _sweep(self, ds: Dataset) -> dict:
         from wsss.pseudo.sweep import sweep_tau, write_sweep
@@ -367,6 +427,7 @@ class Pipeline:
         ]
         lines += ["| " + " | ".join(r) + " |" for r in self.summary_rows()]
         lines += ["", "Scores in percent. IA-S/M/L: instance-aware mIoU of small/medium/large objects.", ""]
+        lines += self._saliency_section()
         lines += ["## τ sweep", "", "![τ sweep](sweep/sweep.png)", "", "Full numbers: `sweep/sweep.csv`.", ""]
         lines += self._class_section()
         lines += ["## Timings", "", "| stage | seconds |", "|---|---|"]
@@ -377,6 +438,24 @@ class Pipeline:
         if self.resumed:
             lines += ["", "`total` is this invocation's wall time; stages marked *earlier run* were skipped."]
         atomic_write_text(self.out / "report.md", "\n".join(lines) + "\n")
+
+    def _saliency_section(self) -> list[str]:
+        quality = self.results.get("saliency_quality") or {}
+        if not quality:
+            return []
+        lines = [
+            "## Saliency sources",
+            "",
+            "Against the ground-truth foreground: MAE (lower is better), max F-measure (β² = 0.3) and "
+            "IoU of the map thresholded at 0.5, in percent except MAE.",
+            "",
+            "| source | split | MAE | max-F | IoU@0.5 |",
+            "|---|---|---|---|---|",
+        ]
+        for src, per_split in quality.items():
+            for split, q in per_split.items():
+                lines.append(f"| {src} | {split} | {q['mae']:.3f} | {_pct(q['max_f'])} | {_pct(q['iou'])} |")
+        return lines + [""]
 
     def _class_section(self) -> list[str]:
         """Per-class IoU for every saliency source next to seed 001's class statistics."""
