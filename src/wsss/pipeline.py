@@ -11,6 +11,7 @@ Run folder::
     data/                  the synthetic dataset (when `data.synth` is set)
     cam/                   classifier checkpoint, weights, train_log.csv, run.json
     cams/                  <id>.npz CAMs for the images of every evaluated split
+    saliency/<name>/<split>/  maps of the sources in the config's `saliency` section
     sweep/                 τ sweep on the sweep split: sweep.csv/json/png
     pseudo/<source>/<split>/  <id>.png pseudo labels at the source's best τ
     eval/<source>_<split>.json
