@@ -11,7 +11,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install -c constraints.txt -e ".[crf,dev]"
+	$(BIN)/python -m pip install -c constraints.txt -e ".[crf,sam,dev]"
 	touch $@
 
 demo: install

@@ -173,3 +173,19 @@ def test_saliency_cue_is_binary(data, tmp_path):
     values = np.unique(np.concatenate([np.unique(np.asarray(Image.open(p))) for p in out.glob("*.png")]))
     assert set(values.tolist()) <= {0, 255}
     assert json.loads((out / "provenance.json").read_text())["cue"]["threshold"] == 0.25
+
+
+def test_refine_crf_from_cams(data, tmp_path):
+    cams = oracle_cams(data, tmp_path / "cams")
+    out = tmp_path / "crf"
+    proc = wsss("refine", "crf", "--data", str(data), "--cams", str(cams), "--tau", "0.5", "--out", str(out),
+                "--set", "iterations=5", "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    first = ids_of(data)[0]
+    gt = np.asarray(Image.open(data / "SegmentationClass" / f"{first}.png"))
+    assert (np.asarray(Image.open(out / f"{first}.png")) == gt).mean() > 0.98
+    assert json.loads((out / "settings.json").read_text())["settings"]["crf"]["iterations"] == 5
+    proc = wsss(
+        "refine", "crf", "--data", str(data), "--out", str(tmp_path / "x"), "--set", "gt_prob=2", "-q"
+    )
+    assert proc.returncode == 2 and "gt_prob" in proc.stderr
