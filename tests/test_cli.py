@@ -189,3 +189,22 @@ def test_refine_crf_from_cams(data, tmp_path):
         "refine", "crf", "--data", str(data), "--out", str(tmp_path / "x"), "--set", "gt_prob=2", "-q"
     )
     assert proc.returncode == 2 and "gt_prob" in proc.stderr
+
+
+def test_masks_then_sepl(data, tmp_path):
+    """Ideal masks (the GT instances) turn eroded pseudo labels back into the GT where seeded."""
+    from scipy import ndimage
+
+    pseudo = tmp_path / "pseudo"
+    for i in ids_of(data):
+        gt = np.asarray(Image.open(data / "SegmentationClass" / f"{i}.png"))
+        eroded = np.where(ndimage.grey_erosion(gt, size=7) == gt, gt, 0).astype(np.uint8)
+        save_label(pseudo / f"{i}.png", eroded)
+    proc = wsss("masks", "gt-instances", "--data", str(data), "--out", str(tmp_path / "masks"), "-q")
+    assert proc.returncode == 0, proc.stderr
+    proc = wsss("sepl", "--data", str(data), "--pseudo", str(pseudo), "--masks", str(tmp_path / "masks"),
+                "--out", str(tmp_path / "sepl"), "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    recall = {w: float(line.split("recall")[1]) for line in proc.stdout.splitlines()
+              for w in ("before", "after") if line.strip().startswith(w)}  # fmt: skip
+    assert recall["after"] > recall["before"]

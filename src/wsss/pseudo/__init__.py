@@ -1,6 +1,27 @@
-"""Stage 3: pseudo labels from CAMs (threshold + saliency, and the τ sweep that picks τ)."""
+"""Stage 3: pseudo labels from CAMs (threshold + saliency, the τ sweep that picks τ) and their
+refinement (dense CRF, SEPL with class-agnostic masks)."""
 
+from wsss.pseudo.crf import CrfParams, crf_labels, crf_probs
+from wsss.pseudo.masks import build_mask_generator, generate_masks, load_masks, save_masks
+from wsss.pseudo.refine_crf import crf_refine
+from wsss.pseudo.sepl import make_sepl_labels, sepl_merge
 from wsss.pseudo.sweep import default_taus, sweep_tau, write_sweep
 from wsss.pseudo.threshold import make_pseudo_labels, threshold_pseudo_label
 
-__all__ = ["default_taus", "make_pseudo_labels", "sweep_tau", "threshold_pseudo_label", "write_sweep"]
+__all__ = [
+    "CrfParams",
+    "build_mask_generator",
+    "crf_labels",
+    "crf_probs",
+    "crf_refine",
+    "default_taus",
+    "generate_masks",
+    "load_masks",
+    "make_pseudo_labels",
+    "make_sepl_labels",
+    "save_masks",
+    "sepl_merge",
+    "sweep_tau",
+    "threshold_pseudo_label",
+    "write_sweep",
+]
