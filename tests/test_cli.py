@@ -208,3 +208,22 @@ def test_masks_then_sepl(data, tmp_path):
     recall = {w: float(line.split("recall")[1]) for line in proc.stdout.splitlines()
               for w in ("before", "after") if line.strip().startswith(w)}  # fmt: skip
     assert recall["after"] > recall["before"]
+
+
+def test_affinity_labels_train_walk(data, tmp_path):
+    cams = oracle_cams(data, tmp_path / "cams")
+    labels, model, walked = tmp_path / "aff_labels", tmp_path / "aff", tmp_path / "rw"
+    proc = wsss("affinity", "labels", "--data", str(data), "--cams", str(cams), "--out", str(labels),
+                "--mode", "saliency", "--saliency", "oracle", "--no-crf", "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc = wsss("affinity", "train", "--data", str(data), "--labels", str(labels), "--out", str(model),
+                "--set", "backbone=resnet18", "--set", "epochs=1", "--set", "batch_size=4",
+                "--set", "crop_size=80", "--set", "num_workers=0", "--set", "optimizer=adamw", "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((model / "run.json").read_text())["stage"] == "affinity_train"
+    proc = wsss("affinity", "walk", "--data", str(data), "--cams", str(cams), "--model", str(model),
+                "--out", str(walked), "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc = wsss(*pseudo_args(data, walked, tmp_path / "pseudo"))
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / "pseudo").glob("*.png"))) == len(ids_of(data))

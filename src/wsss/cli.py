@@ -32,6 +32,10 @@ saliency_app = typer.Typer(
 app.add_typer(saliency_app, name="saliency")
 refine_app = typer.Typer(help="Stage 3: refine pseudo labels or CAMs.", no_args_is_help=True)
 app.add_typer(refine_app, name="refine")
+affinity_app = typer.Typer(
+    help="Stage 3: affinity labels → affinity (edge) network → random walk on CAMs.", no_args_is_help=True
+)
+app.add_typer(affinity_app, name="affinity")
 
 DataRoot = Annotated[Path, typer.Option("--data", help="Dataset root folder.")]
 DataKind = Annotated[str, typer.Option("--dataset", help="Dataset kind: synthetic, voc, coco, folder.")]
@@ -285,6 +289,81 @@ def refine_crf(
     crf_refine(ds, out, labels_dir=labels, cam_dir=cams, tau=tau, params=params, shard=parse_shard(shard),
                progress=not quiet)  # fmt: skip
     typer.echo(f"refined labels in {out}")
+
+
+@affinity_app.command("labels")
+def affinity_labels(
+    data: DataRoot,
+    cams: Annotated[Path, typer.Option(help="CAM folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for <id>.png affinity labels (255 = uncertain).")],
+    dataset: DataKind = "synthetic",
+    split: Split = "train",
+    mode: Annotated[str, typer.Option(help="classic (IRN) or saliency (seed 001).")] = "classic",
+    saliency: Annotated[str | None, typer.Option(help="mode saliency: folder or source name.")] = None,
+    fg_threshold: Annotated[float, typer.Option(help="classic: background score of the fg pass.")] = 0.30,
+    bg_threshold: Annotated[float, typer.Option(help="classic: background score of the bg pass.")] = 0.05,
+    sal_threshold: Annotated[float, typer.Option(help="saliency: salient where S > this.")] = 0.10,
+    cam_threshold: Annotated[float, typer.Option(help="saliency: class where CAM > this.")] = 0.40,
+    crf: Annotated[bool, typer.Option(help="Refine each pass with the dense CRF.")] = True,
+    shard: Shard = None,
+    quiet: Quiet = False,
+) -> None:
+    """Affinity labels from CAMs: confident foreground, confident background, uncertain (255)."""
+    from wsss.pseudo.affinity import make_affinity_labels
+
+    ds = _dataset(data, dataset, split)
+    make_affinity_labels(ds, cams, out, mode=mode, saliency_dir=_saliency_arg(ds, saliency),
+                         fg_threshold=fg_threshold, bg_threshold=bg_threshold, sal_threshold=sal_threshold,
+                         cam_threshold=cam_threshold, crf=crf, shard=parse_shard(shard),
+                         progress=not quiet)  # fmt: skip
+    typer.echo(f"affinity labels in {out}")
+
+
+@affinity_app.command("train")
+def affinity_train(
+    data: DataRoot,
+    labels: Annotated[Path, typer.Option(help="Affinity-label folder (wsss affinity labels).")],
+    out: Annotated[Path, typer.Option(help="Output folder for checkpoints and weights.")],
+    dataset: DataKind = "synthetic",
+    split: Split = "train",
+    config: Annotated[Path | None, typer.Option(help="YAML file with CamTrainConfig fields.")] = None,
+    sets: Sets = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train the affinity (edge) network on pixel pairs within radius 10 at 1/4 resolution; resumes."""
+    from wsss.cam import CamTrainConfig
+    from wsss.config import apply_overrides, load_yaml
+    from wsss.pseudo.affinity import train_affinity
+
+    values = apply_overrides(load_yaml(config) if config else {}, sets or [])
+    cfg = CamTrainConfig.from_dict(values, source=str(config or "--set"))
+    path = train_affinity(_dataset(data, dataset, split), labels, out, cfg, progress=not quiet)
+    typer.echo(f"weights: {path}")
+
+
+@affinity_app.command("walk")
+def affinity_walk(
+    data: DataRoot,
+    cams: Annotated[Path, typer.Option(help="CAM folder to refine.")],
+    model: Annotated[Path, typer.Option(help="Affinity training folder or weights file.")],
+    out: Annotated[Path, typer.Option(help="Folder for the refined <id>.npz CAMs.")],
+    dataset: DataKind = "synthetic",
+    split: Split = "train",
+    beta: Annotated[float, typer.Option(help="Affinity power β.")] = 10.0,
+    squarings: Annotated[int, typer.Option(help="T is raised to 2^squarings.")] = 8,
+    radius: Annotated[int, typer.Option(help="Affinity radius (1/4-resolution cells).")] = 5,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, … (default: cuda if available).")] = None,
+    shard: Shard = None,
+    quiet: Quiet = False,
+) -> None:
+    """Random walk of the CAMs on the learnt affinity; the output is a CAM folder for
+    `wsss pseudo` / `wsss sweep` (τ 0.25 = IRN's background 0.25)."""
+    from wsss.pseudo.random_walk import refine_cams
+
+    ds = _dataset(data, dataset, split)
+    refine_cams(ds, cams, model, out, beta=beta, num_squarings=squarings, radius=radius, device=device,
+                shard=parse_shard(shard), progress=not quiet)  # fmt: skip
+    typer.echo(f"refined CAMs in {out}")
 
 
 @app.command()

@@ -174,6 +174,7 @@ class CamTrainer(abc.ABC):
     """
 
     method_name = "base"
+    stage_name = "cam_train"  # the run.json stage (networks trained on this base for other stages differ)
 
     def __init__(
         self, dataset: Dataset, out_dir: str | os.PathLike, config: CamTrainConfig, progress: bool = True
@@ -577,7 +578,7 @@ class CamTrainer(abc.ABC):
         if self.is_main:
             write_run_json(
                 self.out_dir,
-                "cam_train",
+                self.stage_name,
                 {"method": self.method_name, **c.to_dict()},
                 seed=c.seed,
                 timings={"train_s": round(self.elapsed_s, 2)},

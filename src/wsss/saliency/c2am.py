@@ -53,6 +53,7 @@ class C2amTrainer(CamTrainer):
     """
 
     method_name = "c2am"
+    stage_name = "saliency_train"
 
     def __init__(
         self,
