@@ -227,3 +227,20 @@ def test_affinity_labels_train_walk(data, tmp_path):
     proc = wsss(*pseudo_args(data, walked, tmp_path / "pseudo"))
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / "pseudo").glob("*.png"))) == len(ids_of(data))
+
+
+def test_seg_train_predict_evaluate(data, tmp_path):
+    """The fully supervised reference path: train on the GT, predict val, evaluate."""
+    model, preds = tmp_path / "seg", tmp_path / "preds"
+    proc = wsss("seg", "train", "--data", str(data), "--out", str(model), "--method", "size-weighted",
+                "--set", "backbone=resnet18", "--set", "crop_size=48", "--set", "batch_size=4",
+                "--set", "accumulate=1", "--set", "epochs=1", "--set", "optimizer=adamw",
+                "--set", "num_workers=0", "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc = wsss("seg", "predict", "--data", str(data), "--model", str(model), "--out", str(preds),
+                "--scales", "1.0", "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(preds.glob("*.png"))) == len(ids_of(data, "val"))
+    proc = wsss("evaluate", "--pred", str(preds), "--gt", str(data / "SegmentationClass"), "--num-classes", "4",
+                "--ids", str(data / "ImageSets" / "Segmentation" / "val.txt"), "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr

@@ -36,6 +36,8 @@ affinity_app = typer.Typer(
     help="Stage 3: affinity labels → affinity (edge) network → random walk on CAMs.", no_args_is_help=True
 )
 app.add_typer(affinity_app, name="affinity")
+seg_app = typer.Typer(help="Stage 4: train the segmentation network and predict.", no_args_is_help=True)
+app.add_typer(seg_app, name="seg")
 
 DataRoot = Annotated[Path, typer.Option("--data", help="Dataset root folder.")]
 DataKind = Annotated[str, typer.Option("--dataset", help="Dataset kind: synthetic, voc, coco, folder.")]
@@ -461,6 +463,57 @@ def sweep(
     for name, r in result["sources"].items():
         b = r["best"]
         typer.echo(f"{name:>12}: best τ = {b['tau']:.2f}  mIoU {100 * b['miou']:.1f}")
+
+
+# ---------------------------------------------------------------------------- stage 4
+@seg_app.command("train")
+def seg_train(
+    data: DataRoot,
+    out: Annotated[Path, typer.Option(help="Output folder for checkpoints and weights.")],
+    labels: Annotated[
+        Path | None, typer.Option(help="Pseudo-label folder; omit to train on the ground truth.")
+    ] = None,
+    dataset: DataKind = "synthetic",
+    split: Split = "train",
+    method: Annotated[str, typer.Option(help="Loss: ce, size-weighted or size-balanced.")] = "ce",
+    config: Annotated[Path | None, typer.Option(help="YAML file with SegTrainConfig fields.")] = None,
+    sets: Sets = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train DeepLab (head deeplab-v2 | deeplab-v3plus) on pseudo labels; resumes; torchrun → DDP."""
+    from wsss.config import apply_overrides, load_yaml
+    from wsss.seg import SegTrainConfig, train_seg
+
+    values = apply_overrides(load_yaml(config) if config else {}, sets or [])
+    if labels is not None:
+        values["labels"] = str(labels)
+    cfg = SegTrainConfig.from_dict(values, source=str(config or "--set"))
+    path = train_seg(_dataset(data, dataset, split), out, cfg, method=method, progress=not quiet)
+    typer.echo(f"weights: {path}")
+
+
+@seg_app.command("predict")
+def seg_predict(
+    data: DataRoot,
+    model: Annotated[Path, typer.Option(help="Training output folder or weights file.")],
+    out: Annotated[Path, typer.Option(help="Folder for <id>.png predictions.")],
+    dataset: DataKind = "synthetic",
+    split: Split = "val",
+    scales: Annotated[str, typer.Option(help="TTA scales, comma-separated.")] = "0.5,0.75,1.0,1.25,1.5",
+    flip: Annotated[bool, typer.Option(help="Add horizontally flipped inputs.")] = True,
+    crf: Annotated[bool, typer.Option(help="Dense CRF on the averaged probabilities.")] = False,
+    batch_size: int = 4,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, … (default: cuda if available).")] = None,
+    shard: Shard = None,
+    quiet: Quiet = False,
+) -> None:
+    """Multi-scale + flip prediction (optional CRF) → label PNGs for `wsss evaluate`; resumes."""
+    from wsss.seg import predict_seg
+
+    ds = _dataset(data, dataset, split)
+    predict_seg(ds, model, out, scales=_floats(scales), flip=flip, crf=crf, shard=parse_shard(shard),
+                device=device, batch_size=batch_size, progress=not quiet)  # fmt: skip
+    typer.echo(f"predictions in {out}")
 
 
 # ---------------------------------------------------------------------------- evaluate

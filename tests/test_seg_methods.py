@@ -1,0 +1,66 @@
+"""Seed 004's training methods: size-weighted CE and the size-balanced (CE → EWC) schedule."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from wsss.data import build_dataset
+from wsss.io import IGNORE, WsssError, save_label
+from wsss.seg import SegTrainConfig, train_seg
+from wsss.seg.train import build_seg_trainer
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def labels(voc_like, tmp_path_factory):
+    out = tmp_path_factory.mktemp("labels")
+    ds = build_dataset("synthetic", voc_like, "train")
+    for image_id in ds.ids:
+        label = ds.gt(image_id).copy()
+        label[:, :2] = IGNORE
+        save_label(out / f"{image_id}.png", label)
+    return out
+
+
+def config(labels, **overrides) -> SegTrainConfig:
+    values = dict(backbone="resnet18", crop_size=48, batch_size=4, epochs=2, optimizer="adamw", num_workers=0,
+                  log_every=1, checkpoint_every=1000, labels=str(labels))  # fmt: skip
+    return SegTrainConfig(**{**values, **overrides})
+
+
+def log(run_dir):
+    with open(run_dir / "train_log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_size_weighted_trains_and_validates_options(voc_like, labels, tmp_path):
+    ds = build_dataset("synthetic", voc_like, "train")
+    train_seg(ds, tmp_path / "sw", config(labels, method_options={"tau": 3.0}), method="size-weighted",
+              progress=False)  # fmt: skip
+    assert len(log(tmp_path / "sw")) == 4
+    with pytest.raises(WsssError, match="unknown option"):
+        build_seg_trainer(
+            ds, tmp_path / "x", config(labels, method_options={"lam": 1}), "size-weighted", False
+        )
+
+
+def test_size_balanced_switches_at_half_and_resumes_exactly_across_the_switch(voc_like, labels, tmp_path):
+    ds = build_dataset("synthetic", voc_like, "train")
+    straight = build_seg_trainer(ds, tmp_path / "straight", config(labels), "size-balanced", progress=False)
+    straight.train()
+    rows = log(tmp_path / "straight")
+    # 4 steps: CE for steps 1–2 (Fisher accumulated), size-weighted CE + EWC for steps 3–4
+    assert [bool(r.get("ewc")) for r in rows] == [False, False, True, True]
+    assert straight.fisher.updates == 2
+    assert float(rows[2]["ewc"]) == pytest.approx(0.0, abs=1e-6)  # θ = θ_A at the switch
+    assert float(rows[3]["ewc"]) > 0.0  # and grows as the weights move away
+    resumed_cfg = config(labels, stop_after_steps=3, checkpoint_every=3)
+    train_seg(ds, tmp_path / "resumed", resumed_cfg, method="size-balanced", progress=False)
+    resumed = build_seg_trainer(ds, tmp_path / "resumed", config(labels), "size-balanced", progress=False)
+    resumed.train()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
