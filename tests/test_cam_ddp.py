@@ -6,17 +6,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ddp_helpers import WORKER_PRELUDE, run_torchrun, torchrun
 
 from wsss import dist
 from wsss.cam import CamTrainConfig, build_trainer, infer_cams, load_cam_model
@@ -28,22 +24,8 @@ torch.set_num_threads(2)
 # Runs in each torchrun worker: trains through train_cam (which must join the process group
 # itself, once, and reuse it for the later runs) with a probe method that reports what each
 # rank holds at the end.
-WORKER = textwrap.dedent(
+WORKER = WORKER_PRELUDE + textwrap.dedent(
     """
-    import hashlib, json, os, sys
-    from pathlib import Path
-
-    import torch
-
-    torch.set_num_threads(1)
-    written = []
-    _replace = os.replace
-
-    def recording_replace(src, dst, *args, **kwargs):  # every atomic write ends in os.replace
-        written.append(str(dst))
-        return _replace(src, dst, *args, **kwargs)
-
-    os.replace = recording_replace
 
     from wsss import dist
     from wsss.cam import CamTrainConfig, register_cam_method, train_cam
@@ -106,33 +88,6 @@ WORKER = textwrap.dedent(
     (record_dir / f"rank{rank}.json").write_text(json.dumps(record))
     """
 )
-
-
-def torchrun(*args: str) -> list[str]:
-    """``python -m torch.distributed.run`` (= ``torchrun``) with 2 local ranks on a free port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(port), *args,
-    ]  # fmt: skip
-
-
-def run_torchrun(command: list[str], timeout_s: float = 300) -> subprocess.CompletedProcess:
-    """Run in a session of its own, so that a hang kills the workers too, not only torchrun."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"torchrun hung for {timeout_s} s:\n{stdout[-3000:]}{stderr[-5000:]}")
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def model_hash(model: torch.nn.Module) -> str:

@@ -6,17 +6,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ddp_helpers import WORKER_PRELUDE, run_torchrun, torchrun
 from torch import nn
 
 from wsss.cam.data import normalize
@@ -283,22 +279,8 @@ def test_predict_writes_a_label_png_per_image_resumes_and_evaluates(trained, voc
 # --------------------------------------------------------------------------- 2 ranks
 # Runs in each torchrun worker: a straight run and an interrupted + resumed one, with a probe
 # that records the images each rank trained on and the state it ends with.
-WORKER = textwrap.dedent(
+WORKER = WORKER_PRELUDE + textwrap.dedent(
     """
-    import hashlib, json, os, sys
-    from pathlib import Path
-
-    import torch
-
-    torch.set_num_threads(1)
-    written = []
-    _replace = os.replace
-
-    def recording_replace(src, dst, *args, **kwargs):  # every atomic write ends in os.replace
-        written.append(str(dst))
-        return _replace(src, dst, *args, **kwargs)
-
-    os.replace = recording_replace
 
     from wsss.data import build_dataset
     from wsss.seg.train import SegTrainConfig, SegTrainer
@@ -341,32 +323,12 @@ WORKER = textwrap.dedent(
 )
 
 
-def _torchrun(*args: str) -> list[str]:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(port), *args,
-    ]  # fmt: skip
-
-
 def test_two_gloo_ranks_stay_in_sync_and_resume_exactly(voc_like, pseudo_dir, tmp_path):
     worker, runs, records = tmp_path / "worker.py", tmp_path / "runs", tmp_path / "records"
     worker.write_text(WORKER)
     records.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    command = _torchrun(str(worker), str(voc_like), str(pseudo_dir), str(runs), str(records))
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the workers too, not only torchrun
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"torchrun hung:\n{stdout[-3000:]}{stderr[-5000:]}")
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
+    proc = run_torchrun(torchrun(str(worker), str(voc_like), str(pseudo_dir), str(runs), str(records)))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rank0, rank1 = (json.loads((records / f"rank{r}.json").read_text()) for r in range(2))
     straight0, straight1 = rank0["runs"]["straight"], rank1["runs"]["straight"]
     assert straight0["wrapper"] == "DistributedDataParallel"
