@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench bench-methods clean
+.PHONY: install demo test lint bench bench-methods bench-saliency bench-refinement clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,12 @@ bench: install          # speed benchmarks, a few minutes
 
 bench-methods: install  # every CAM method × 3 seeds on the demo data: hours on a CPU, resumable
 	$(BIN)/python benchmarks/cam_methods.py --out runs/cam_methods
+
+bench-saliency: install  # every saliency source x CAM methods, on the cells of bench-methods (seed 0)
+	$(BIN)/python benchmarks/saliency_sources.py --cells runs/cam_methods --methods cam puzzle p-oc eps
+
+bench-refinement: install  # threshold -> CRF -> random walk -> SEPL, on the cells of bench-methods (seed 0)
+	$(BIN)/python benchmarks/refinement.py --cells runs/cam_methods --methods cam puzzle
 
 clean:
 	rm -rf runs .pytest_cache
