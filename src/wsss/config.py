@@ -20,6 +20,15 @@ import yaml
 from wsss.io import WsssError
 
 
+def merge_options(defaults: dict[str, Any], options: dict[str, Any], owner: str) -> dict[str, Any]:
+    """A registered component's options over its defaults; an unknown key (a typo) is an error
+    naming ``owner`` (e.g. "saliency source 'c2am'")."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise WsssError(f"{owner}: unknown option(s) {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **options}
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in override.items():

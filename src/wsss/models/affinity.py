@@ -23,9 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.io import WsssError, atomic_path, read_json, write_json
+from wsss.io import WsssError
 from wsss.models.backbone import build_backbone
-from wsss.models.cam_net import IMAGENET_MEAN, IMAGENET_STD, model_weights_path, resolve_device
+from wsss.models.cam_net import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    load_model_weights,
+    read_model_meta,
+    write_model_files,
+)
 
 MODEL_FORMAT = "wsss-affinity-1"
 EDGE_STRIDE = 4
@@ -183,41 +189,19 @@ def path_affinity(edge: torch.Tensor, radius: int) -> torch.Tensor:
 def save_affinity_model(
     model: AffinityNet, path: str | os.PathLike, extra_meta: dict[str, Any] | None = None
 ) -> Path:
-    """``<path>`` (safetensors) + ``<stem>.json``; json first, so weights always have their json."""
-    from safetensors.torch import save_file
-
-    weights_path = model_weights_path(path)
     meta = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **(extra_meta or {}), **model.meta()}
-    write_json(weights_path.with_suffix(".json"), meta)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(weights_path) as tmp:
-        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
-    return weights_path
+    return write_model_files(model, path, meta, MODEL_FORMAT)
 
 
 def load_affinity_model(
     path_or_dir: str | os.PathLike, device: str | torch.device | None = None
 ) -> AffinityNet:
     """A trained :class:`AffinityNet` in eval mode; ``.meta_info`` holds its json (mean/std, radius…)."""
-    from safetensors.torch import load_file
-
-    weights_path = model_weights_path(path_or_dir)
-    meta_path = weights_path.with_suffix(".json")
-    if not weights_path.is_file():
-        raise WsssError(f"{weights_path}: affinity model not found")
-    meta = read_json(meta_path)
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-        raise WsssError(f"{meta_path}: not an affinity model (expected format {MODEL_FORMAT!r})")
+    weights_path, meta = read_model_meta(path_or_dir, MODEL_FORMAT, "affinity")
     model = AffinityNet(
         meta["backbone"],
         output_stride=int(meta.get("output_stride", 16)),
         side_indices=tuple(meta.get("side_indices", DEFAULT_SIDE_INDICES)),
         frozen_backbone=bool(meta.get("frozen_backbone", False)),
     )
-    try:
-        model.load_state_dict(load_file(str(weights_path), device="cpu"), strict=True)
-    except Exception as e:  # safetensors/torch raise several types for corrupt or mismatched files
-        raise WsssError(f"{weights_path}: cannot load affinity weights ({type(e).__name__}: {e})") from None
-    model.meta_info = meta
-    model.eval()
-    return model.to(resolve_device(device))
+    return load_model_weights(model, weights_path, meta, "affinity", device)

@@ -17,9 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.io import WsssError, atomic_path, read_json, write_json
+from wsss.io import WsssError
 from wsss.models.backbone import build_backbone
-from wsss.models.cam_net import IMAGENET_MEAN, IMAGENET_STD, model_weights_path
+from wsss.models.cam_net import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    load_model_weights,
+    read_model_meta,
+    write_model_files,
+)
 
 MODEL_FORMAT = "wsss-c2am-1"
 SIM_MIN, SIM_MAX = 5e-4, 0.9995
@@ -131,36 +137,12 @@ def border_mean(a: torch.Tensor, image_size: tuple[int, int], band: int = 4) -> 
 def save_c2am_model(
     model: C2amNet, path: str | os.PathLike, extra_meta: dict[str, Any] | None = None
 ) -> Path:
-    """``<path>`` (safetensors) + ``<stem>.json``, json first (as :func:`save_cam_model`)."""
-    from safetensors.torch import save_file
-
-    weights_path = model_weights_path(path)
     meta = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **model.meta(), **(extra_meta or {})}
     meta["flipped"] = bool(model.flipped)
-    write_json(weights_path.with_suffix(".json"), meta)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(weights_path) as tmp:
-        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
-    return weights_path
+    return write_model_files(model, path, meta, MODEL_FORMAT)
 
 
 def load_c2am_model(path_or_dir: str | os.PathLike, device: str | torch.device | None = None) -> C2amNet:
-    from safetensors.torch import load_file
-
-    from wsss.models.cam_net import resolve_device
-
-    weights_path = model_weights_path(path_or_dir)
-    meta_path = weights_path.with_suffix(".json")
-    if not weights_path.is_file():
-        raise WsssError(f"{weights_path}: C²AM model not found")
-    meta = read_json(meta_path)
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-        raise WsssError(f"{meta_path}: not a C²AM model (expected format {MODEL_FORMAT!r})")
+    weights_path, meta = read_model_meta(path_or_dir, MODEL_FORMAT, "C²AM")
     model = C2amNet(meta["backbone"], output_stride=int(meta.get("output_stride", 16)))
-    try:
-        model.load_state_dict(load_file(str(weights_path), device="cpu"), strict=True)
-    except Exception as e:  # safetensors/torch raise several types for corrupt or mismatched files
-        raise WsssError(f"{weights_path}: cannot load C²AM weights ({type(e).__name__}: {e})") from None
-    model.meta_info = meta
-    model.eval()
-    return model.to(resolve_device(device))
+    return load_model_weights(model, weights_path, meta, "C²AM", device)

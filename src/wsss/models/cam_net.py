@@ -93,21 +93,52 @@ def _paths(path_or_dir: str | os.PathLike) -> tuple[Path, Path]:
     return path, path.with_suffix(".json")
 
 
-def save_cam_model(model: CamNet, path: str | os.PathLike, extra_meta: dict[str, Any] | None = None) -> Path:
-    """Write ``<path>`` (safetensors) and ``<path stem>.json`` (what :func:`load_cam_model`
-    needs to rebuild the net: backbone, classes, normalisation). Both atomic; json first,
-    so an existing ``.safetensors`` always has its json."""
+def write_model_files(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any], fmt: str) -> Path:
+    """``<path>`` (safetensors; a folder means ``<folder>/model.safetensors``) and ``<stem>.json``
+    (``meta``: what the loader needs to rebuild the net). Both atomic; json first, so an
+    existing ``.safetensors`` always has its json. Shared by every network the stages train."""
     from safetensors.torch import save_file
 
     from wsss.io import atomic_path
 
     weights_path, meta_path = _paths(path)
-    meta = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **model.meta(), **(extra_meta or {})}
     write_json(meta_path, meta)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(weights_path) as tmp:
-        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
+        save_file(state, str(tmp), metadata={"format": fmt})
     return weights_path
+
+
+def read_model_meta(path_or_dir: str | os.PathLike, fmt: str, what: str) -> tuple[Path, dict[str, Any]]:
+    """(weights path, json) of a saved network, refused unless its json has format ``fmt``."""
+    weights_path, meta_path = _paths(path_or_dir)
+    if not weights_path.is_file():
+        raise WsssError(f"{weights_path}: {what} model not found")
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise WsssError(f"{meta_path}: not a {what} model (expected format {fmt!r})")
+    return weights_path, meta
+
+
+def load_model_weights(
+    model: nn.Module, weights_path: Path, meta: dict[str, Any], what: str, device: str | torch.device | None
+) -> nn.Module:
+    """Fill a rebuilt network from its safetensors; eval mode on ``device``, json as ``.meta_info``."""
+    from safetensors.torch import load_file
+
+    try:
+        model.load_state_dict(load_file(str(weights_path), device="cpu"), strict=True)
+    except Exception as e:  # safetensors/torch raise several types for corrupt or mismatched files
+        raise WsssError(f"{weights_path}: cannot load {what} weights ({type(e).__name__}: {e})") from None
+    model.meta_info = meta
+    model.eval()
+    return model.to(resolve_device(device))
+
+
+def save_cam_model(model: CamNet, path: str | os.PathLike, extra_meta: dict[str, Any] | None = None) -> Path:
+    """Write the weights and the json :func:`load_cam_model` needs (backbone, classes, normalisation)."""
+    meta = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **model.meta(), **(extra_meta or {})}
+    return write_model_files(model, path, meta, MODEL_FORMAT)
 
 
 def load_cam_model(path_or_dir: str | os.PathLike, device: str | torch.device | None = None) -> CamNet:

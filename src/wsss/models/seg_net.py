@@ -17,9 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.io import WsssError, atomic_path, read_json, write_json
+from wsss.io import WsssError
 from wsss.models.backbone import build_backbone
-from wsss.models.cam_net import IMAGENET_MEAN, IMAGENET_STD, model_weights_path, resolve_device
+from wsss.models.cam_net import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    load_model_weights,
+    read_model_meta,
+    write_model_files,
+)
 from wsss.models.seg_heads import build_seg_head, resolve_head_options, seg_head_class
 
 __all__ = ["SegNet", "backbone_level_strides", "load_seg_model", "save_seg_model"]
@@ -96,31 +102,15 @@ class SegNet(nn.Module):
 
 
 def save_seg_model(model: SegNet, path: str | os.PathLike, extra_meta: dict[str, Any] | None = None) -> Path:
-    """Write ``<path>`` (safetensors; a folder means ``<folder>/model.safetensors``) and
-    ``<stem>.json`` (what :func:`load_seg_model` needs). Both atomic; json first, so an
-    existing ``.safetensors`` always has its json."""
-    from safetensors.torch import save_file
-
-    weights_path = model_weights_path(path)
+    """Write the weights and the json :func:`load_seg_model` needs."""
     meta = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **(extra_meta or {}), **model.meta()}
-    write_json(weights_path.with_suffix(".json"), meta)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(weights_path) as tmp:
-        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
-    return weights_path
+    return write_model_files(model, path, meta, MODEL_FORMAT)
 
 
 def load_seg_model(path_or_dir: str | os.PathLike, device: str | torch.device | None = None) -> SegNet:
     """A trained :class:`SegNet` in eval mode; ``.meta_info`` holds its json (mean/std, classes…)."""
-    from safetensors.torch import load_file
-
-    weights_path = model_weights_path(path_or_dir)
+    weights_path, meta = read_model_meta(path_or_dir, MODEL_FORMAT, "segmentation")
     meta_path = weights_path.with_suffix(".json")
-    if not weights_path.is_file():
-        raise WsssError(f"{weights_path}: segmentation model not found")
-    meta = read_json(meta_path)
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-        raise WsssError(f"{meta_path}: not a segmentation model (expected format {MODEL_FORMAT!r})")
     missing = [k for k in ("backbone", "num_classes", "head") if k not in meta]
     if missing:
         raise WsssError(f"{meta_path}: missing key(s) {missing}")
@@ -134,12 +124,5 @@ def load_seg_model(path_or_dir: str | os.PathLike, device: str | torch.device | 
         )
     except WsssError as e:
         raise WsssError(f"{meta_path}: cannot rebuild the network ({e})") from None
-    try:
-        model.load_state_dict(load_file(str(weights_path), device="cpu"), strict=True)
-    except Exception as e:  # safetensors/torch raise several types for corrupt or mismatched files
-        raise WsssError(
-            f"{weights_path}: cannot load segmentation weights ({type(e).__name__}: {e})"
-        ) from None
-    model.meta_info = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **meta}
-    model.eval()
-    return model.to(resolve_device(device))
+    meta = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **meta}
+    return load_model_weights(model, weights_path, meta, "segmentation", device)

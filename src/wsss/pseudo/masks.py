@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from wsss.config import merge_options
 from wsss.data.base import Dataset
 from wsss.io import (
     IGNORE,
@@ -205,13 +206,7 @@ class MaskGenerator(abc.ABC):
     description = ""
 
     def __init__(self, **options: Any):
-        unknown = sorted(set(options) - set(self.option_defaults))
-        if unknown:
-            raise WsssError(
-                f"mask generator {self.generator_name!r}: unknown option(s) {unknown}; "
-                f"known: {sorted(self.option_defaults)}"
-            )
-        self.options = {**self.option_defaults, **options}
+        self.options = merge_options(self.option_defaults, options, f"mask generator {self.generator_name!r}")
         self.validate()
 
     def validate(self) -> None:  # noqa: B027  (optional hook)
