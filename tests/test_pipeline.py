@@ -62,12 +62,55 @@ def test_every_stage_leaves_its_files(tiny_run):
     assert "mIoU" in proc.stdout
 
 
+def test_stage4_trains_every_loss_on_the_whole_train_split(tiny_run):
+    run, proc = tiny_run
+    train_ids = (run / "data" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    # the network's labels cover every train image, at the `good` source's best τ
+    assert all((run / "pseudo" / "good" / "train" / f"{i}.png").is_file() for i in train_ids)
+    labels = json.loads((run / "stages" / "seg_labels.json").read_text())["result"]
+    best = json.loads((run / "run.json").read_text())["results"]["best_tau"]["good"]["tau"]
+    assert labels["tau"] == best and labels["images"] == len(train_ids)
+    val_ids = (run / "data" / "ImageSets" / "Segmentation" / "val_balanced.txt").read_text().split()
+    seg = json.loads((run / "run.json").read_text())["results"]["seg"]
+    assert set(seg) == {"ce/val_balanced", "size-balanced/val_balanced"}
+    for loss in ("ce", "size-balanced"):
+        assert (run / "seg" / loss / "model" / "model.safetensors").is_file()
+        assert all((run / "seg" / loss / "pred" / "val_balanced" / f"{i}.png").is_file() for i in val_ids)
+        scored = json.loads((run / "eval" / f"seg-{loss}_val_balanced.json").read_text())
+        assert scored["miou"] == seg[f"{loss}/val_balanced"]["miou"]
+        assert scored["num_images"] == len(val_ids)
+    assert "Segmentation network (stage 4)" in (run / "report.md").read_text()
+    assert "Segmentation network trained on" in proc.stdout
+
+
+def test_submitted_cams_stand_in_for_stage1(tiny_run, tmp_path):
+    """`cam.cams`: a user's CAM folder skips training and inference and gives the same pseudo
+    labels as the run that made those CAMs."""
+    run, _ = tiny_run
+    out = tmp_path / "submitted"
+    args = ["run", "tiny", "--out", str(out), "--quiet", "--set", f"cam.cams={run / 'cams'}"]
+    args += ["--set", f"data.root={run / 'data'}", "--set", "data.synth=null", "--set", "seg.labels=null"]
+    args += ["--set", "saliency={}", "--set", "pseudo.saliency=[none,good]"]
+    proc = wsss(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (out / "cam").exists() and not (out / "stages" / "cam_train.json").exists()
+    ours = json.loads((out / "run.json").read_text())["results"]["evaluation"]
+    theirs = json.loads((run / "run.json").read_text())["results"]["evaluation"]
+    for key in ("none/train", "good/train", "none/val_balanced", "good/val_balanced"):
+        assert ours[key]["miou"] == theirs[key]["miou"] and ours[key]["tau"] == theirs[key]["tau"]
+    bad = wsss("run", "tiny", "--out", str(tmp_path / "bad"), "--quiet", "--set", f"cam.cams={tmp_path / 'nope'}",
+               cwd=tmp_path)  # fmt: skip
+    assert bad.returncode == 2 and "nope" in bad.stderr and "cam.cams" in bad.stderr
+
+
 def test_rerun_skips_finished_stages_with_identical_results(tiny_run):
     run, _ = tiny_run
     before = json.loads((run / "run.json").read_text())["results"]
     proc = wsss("run", "tiny", "--out", str(run), "--quiet", cwd=run.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("done already") == 7  # synth … pseudo_eval, saliency and saliency_eval included
+    assert (
+        proc.stderr.count("done already") == 12
+    )  # synth … pseudo_eval, saliency, seg_labels, 2 × seg train/eval
     after = json.loads((run / "run.json").read_text())["results"]
     assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
 

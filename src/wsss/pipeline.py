@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "cam": {
         "method": "cam",
+        "cams": None,  # an existing CAM folder (any supported format): no training, no inference
         "train": {},  # CamTrainConfig fields
         "infer": {"scales": [0.5, 1.0, 1.5, 2.0], "flip": True, "batch_size": 8},
     },
@@ -71,6 +72,15 @@ DEFAULTS: dict[str, Any] = {
         "sweep_split": "train",
     },
     "evaluate": {"bounds": None, "workers": 1},  # bounds None: the dataset's ia_bounds, else 1024/9216
+    # stage 4, when `labels` is set: a saliency source of `pseudo.saliency` (its pseudo labels at the
+    # best τ, made for the whole train split) or "gt" (the fully supervised reference)
+    "seg": {
+        "labels": None,
+        "methods": ["ce"],  # losses: ce | size-weighted | size-balanced, one network each
+        "train": {},  # SegTrainConfig fields
+        "predict": {"scales": [0.75, 1.0, 1.25], "flip": True, "crf": False},
+        "splits": ["val", "val_balanced"],
+    },
 }
 
 
@@ -129,6 +139,8 @@ class Pipeline:
         self.results: dict[str, Any] = {}
         dcfg = cfg["data"]
         self.data_root = Path(dcfg["root"]) if dcfg["root"] else self.out / "data"
+        external = cfg["cam"].get("cams")
+        self.cam_dir = Path(external).expanduser().resolve() if external else self.out / "cams"
 
     # ------------------------------------------------------------------ helpers
     def _stage(self, name: str, stage_cfg: Any, fn: Callable[[], Any]) -> Any:
@@ -170,12 +182,7 @@ class Pipeline:
         b = self.cfg["evaluate"].get("bounds")
         if b:
             return int(b[0]), int(b[1])
-        meta = self.data_root / "dataset.json"
-        if meta.is_file():
-            m = read_json(meta)
-            if "ia_bounds" in m:
-                return int(m["ia_bounds"][0]), int(m["ia_bounds"][1])
-        return 1024, 9216
+        return self.dataset(self.cfg["data"]["train_split"], limited=False).ia_bounds
 
     def saliency_sources(self, ds: Dataset) -> dict[str, Path | None]:
         srcs = self.cfg["pseudo"]["saliency"]
@@ -212,16 +219,21 @@ class Pipeline:
             "train": cfg["cam"]["train"],
             "seed": cfg["seed"],
         }
-        self._stage("cam_train", cam_cfg, lambda: self._train(train_ds))
-
         eval_splits = list(dict.fromkeys([cfg["pseudo"]["sweep_split"], *cfg["data"]["eval_splits"]]))
-        infer_cfg = {
-            **cam_cfg,
-            "infer": cfg["cam"]["infer"],
-            "splits": eval_splits,
-            "limits": cfg["data"]["max_images"],
-        }
-        self._stage("cam_infer", infer_cfg, lambda: self._infer(eval_splits))
+        if cfg["cam"].get("cams"):  # submitted CAMs: they stand in for stage 1
+            if not self.cam_dir.is_dir():
+                raise WsssError(f"{self.cam_dir}: CAM folder (config cam.cams) not found")
+            cam_cfg = {"data": data_cfg, "method": cfg["cam"]["method"], "cams": str(self.cam_dir)}
+            infer_cfg = {**cam_cfg, "splits": eval_splits, "limits": cfg["data"]["max_images"]}
+        else:
+            self._stage("cam_train", cam_cfg, lambda: self._train(train_ds))
+            infer_cfg = {
+                **cam_cfg,
+                "infer": cfg["cam"]["infer"],
+                "splits": eval_splits,
+                "limits": cfg["data"]["max_images"],
+            }
+            self._stage("cam_infer", infer_cfg, lambda: self._infer(eval_splits))
 
         sal_cfg = dict(infer_cfg)
         if cfg["saliency"]:  # absent from the hashes when unused, so older runs still resume
@@ -238,6 +250,8 @@ class Pipeline:
         evals = self._stage("pseudo_eval", eval_cfg, lambda: self._pseudo_and_evaluate(best))
 
         self.results = {"best_tau": best, "evaluation": evals, "saliency_quality": quality}
+        if cfg["seg"]["labels"]:
+            self.results["seg"] = self._seg_stages(eval_cfg, best)
         self.timings["total"] = time.perf_counter() - t_start
         self._write_report()
         write_run_json(
@@ -278,7 +292,7 @@ class Pipeline:
             infer_cams(
                 ds,
                 self.out / "cam",
-                self.out / "cams",
+                self.cam_dir,
                 scales=tuple(icfg["scales"]),
                 flip=bool(icfg["flip"]),
                 batch_size=int(icfg.get("batch_size", 8)),
@@ -287,13 +301,16 @@ class Pipeline:
             n += len(ds)
         return {"images": n}
 
-    def _saliency(self, splits: list[str]) -> dict:
-        """Build every configured source for every split; a learnt source is trained once,
-        on the (limited) train split — the images whose CAMs C²AM-H takes as hints."""
+    def _saliency(self, splits: list[str], only: str | None = None, limited: bool = True) -> dict:
+        """Build every configured source (or ``only`` that one) for every split; a learnt source
+        is trained once, on the (limited) train split — the images whose CAMs C²AM-H takes as
+        hints. ``limited=False`` covers whole splits (stage 4 trains on all train images)."""
         from wsss.saliency import build_saliency_source, make_saliency
 
         done: dict[str, dict] = {}
         for name, spec in self.cfg["saliency"].items():
+            if only is not None and name != only:
+                continue
             if not isinstance(spec, dict) or "source" not in spec:
                 raise WsssError(f"config saliency.{name}: expected a mapping with a 'source' key")
             options = {k: v for k, v in spec.items() if k not in ("source", "cue")}
@@ -302,7 +319,7 @@ class Pipeline:
             if kind in ("c2am", "c2am-h") and not options.get("model"):
                 options["train"] = {"seed": self.cfg["seed"], **(options.get("train") or {})}
                 if kind == "c2am-h":
-                    options.setdefault("cams", str(self.out / "cams"))
+                    options.setdefault("cams", str(self.cam_dir))
                 train_ds = self.dataset(self.cfg["data"]["train_split"])
                 build_saliency_source(kind, **options).prepare(train_ds, folder, self.progress)
                 predict_keys = ("scales", "flip", "normalize", "device")
@@ -312,9 +329,8 @@ class Pipeline:
                 }
             for split in splits:
                 source = build_saliency_source(kind, **options)
-                make_saliency(
-                    source, self.dataset(split), folder / split, cue=spec.get("cue"), progress=self.progress
-                )
+                ds = self.dataset(split, limited=limited)
+                make_saliency(source, ds, folder / split, cue=spec.get("cue"), progress=self.progress)
             done[name] = {"source": kind, "folder": str(folder)}
         return done
 
@@ -341,7 +357,7 @@ class Pipeline:
         p = self.cfg["pseudo"]
         result = sweep_tau(
             ds,
-            self.out / "cams",
+            self.cam_dir,
             taus=tau_grid(p["taus"]),
             saliency_dirs=self.saliency_sources(ds),
             sal_threshold=p["sal_threshold"],
@@ -365,7 +381,7 @@ class Pipeline:
                 pseudo_dir = self.out / "pseudo" / src / split
                 make_pseudo_labels(
                     ds,
-                    self.out / "cams",
+                    self.cam_dir,
                     pseudo_dir,
                     tau,
                     saliency_dir=sal_dir,
@@ -386,6 +402,91 @@ class Pipeline:
                 out[f"{src}/{split}"] = {k: res[k] for k in keep if k in res}
         return out
 
+    # ------------------------------------------------------------------ stage 4
+    def _seg_stages(self, upstream: dict, best: dict) -> dict:
+        """Pseudo labels for the whole train split, then one network per loss, each predicted
+        and scored on ``seg.splits``. A stage per loss, so adding a loss to a finished run
+        trains only that one."""
+        scfg = self.cfg["seg"]
+        src = scfg["labels"]
+        if src != "gt" and src not in best:
+            raise WsssError(
+                f"config seg.labels: {src!r} is neither 'gt' nor a source of pseudo.saliency {sorted(best)}"
+            )
+        labels_cfg = {**upstream, "seg_labels": src}
+        label_dir = self._stage("seg_labels", labels_cfg, lambda: self._seg_labels(src, best))["labels"]
+        out: dict[str, dict] = {}
+        for method in scfg["methods"]:
+            train_cfg = {**labels_cfg, "seg_method": method, "seg_train": scfg["train"]}
+            self._stage(f"seg_train_{method}", train_cfg, lambda m=method: self._seg_train(m, label_dir))
+            eval_cfg = {**train_cfg, "predict": scfg["predict"], "splits": scfg["splits"]}
+            scores = self._stage(f"seg_eval_{method}", eval_cfg, lambda m=method: self._seg_eval(m))
+            out.update({f"{method}/{split}": r for split, r in scores.items()})
+        return out
+
+    def _seg_labels(self, src: str, best: dict) -> dict:
+        """The pseudo labels of ``src`` at its best τ on every train image (the sweep and the
+        evaluation may have used the first ``max_images`` only); None for the GT reference."""
+        if src == "gt":
+            return {"labels": None}
+        from wsss.cam import infer_cams
+        from wsss.pseudo.threshold import make_pseudo_labels
+
+        split = self.cfg["data"]["train_split"]
+        ds = self.dataset(split, limited=False)
+        if not self.cfg["cam"].get("cams"):
+            icfg = self.cfg["cam"]["infer"]
+            infer_cams(ds, self.out / "cam", self.cam_dir, scales=tuple(icfg["scales"]), flip=bool(icfg["flip"]),
+                       batch_size=int(icfg.get("batch_size", 8)), progress=self.progress)  # fmt: skip
+        if src in self.cfg["saliency"]:
+            self._saliency([split], only=src, limited=False)
+        p = self.cfg["pseudo"]
+        label_dir = self.out / "pseudo" / src / split
+        make_pseudo_labels(ds, self.cam_dir, label_dir, float(best[src]["tau"]),
+                           saliency_dir=self.saliency_sources(ds)[src], sal_threshold=p["sal_threshold"],
+                           ignore_salient_bg=p["ignore_salient_bg"], progress=self.progress)  # fmt: skip
+        return {"labels": str(label_dir), "tau": float(best[src]["tau"]), "images": len(ds)}
+
+    def _seg_train(self, method: str, label_dir: str | None) -> dict:
+        from wsss.seg import SegTrainConfig, train_seg
+
+        tcfg = {"seed": self.cfg["seed"], **self.cfg["seg"]["train"], "labels": label_dir}
+        config = SegTrainConfig.from_dict(tcfg, source="config seg.train")
+        ds = self.dataset(self.cfg["data"]["train_split"], limited=False)
+        model = train_seg(
+            ds, self.out / "seg" / method / "model", config, method=method, progress=self.progress
+        )
+        return {"model": str(model)}
+
+    def _seg_eval(self, method: str) -> dict:
+        from wsss.metrics.evaluate import evaluate_dataset
+        from wsss.seg import predict_seg
+
+        pcfg = self.cfg["seg"]["predict"]
+        unknown = sorted(set(pcfg) - {"scales", "flip", "crf", "batch_size"})
+        if unknown:
+            raise WsssError(
+                f"config seg.predict: unknown keys {unknown}; valid: batch_size, crf, flip, scales"
+            )
+        model = self.out / "seg" / method / "model" / "model.safetensors"
+        out: dict[str, dict] = {}
+        for split in self.cfg["seg"]["splits"]:
+            ds = self.dataset(split)
+            pred = predict_seg(ds, model, self.out / "seg" / method / "pred" / split,
+                               scales=tuple(pcfg.get("scales", (1.0,))), flip=bool(pcfg.get("flip", True)),
+                               crf=bool(pcfg.get("crf", False)), batch_size=int(pcfg.get("batch_size", 8)),
+                               progress=self.progress)  # fmt: skip
+            res = evaluate_dataset(pred, ds, bounds=self.ia_bounds(), workers=self.cfg["evaluate"].get("workers", 1),
+                                   progress=self.progress)  # fmt: skip
+            res.update(
+                {"split": split, "method": method, "labels": self.cfg["seg"]["labels"], "num_images": len(ds)}
+            )
+            write_json(self.out / "eval" / f"seg-{method}_{split}.json", res)
+            out[split] = {
+                k: res[k] for k in ("method", "labels", "split", "num_images", *self.SCORES) if k in res
+            }
+        return out
+
     # ------------------------------------------------------------------ output
     SCORES = (
         "miou",
@@ -404,6 +505,13 @@ class Pipeline:
         ]
 
     HEADERS = ["saliency", "split", "τ", "mIoU", "IA-mIoU", "IA-S", "IA-M", "IA-L", "prec", "recall"]
+    SEG_HEADERS = ["loss", "split", "mIoU", "IA-mIoU", "IA-S", "IA-M", "IA-L", "prec", "recall"]
+
+    def seg_rows(self) -> list[list[str]]:
+        return [
+            [r["method"], r["split"]] + [_pct(r.get(k)) for k in self.SCORES]
+            for r in (self.results.get("seg") or {}).values()
+        ]
 
     def print_summary(self) -> None:
         table = Table(title=f"Pseudo labels at the best τ (chosen on {self.cfg['pseudo']['sweep_split']})")
@@ -411,7 +519,15 @@ class Pipeline:
             table.add_column(h, justify="right" if h not in ("saliency", "split") else "left")
         for row in self.summary_rows():
             table.add_row(*row)
-        Console(width=None if sys.stdout.isatty() else 120).print(table)  # logs: no truncated columns
+        wide = Console(width=None if sys.stdout.isatty() else 120)  # logs: no truncated columns
+        wide.print(table)
+        if self.results.get("seg"):
+            seg = Table(title=f"Segmentation network trained on `{self.cfg['seg']['labels']}` labels")
+            for h in self.SEG_HEADERS:
+                seg.add_column(h, justify="right" if h not in ("loss", "split") else "left")
+            for row in self.seg_rows():
+                seg.add_row(*row)
+            wide.print(seg)
         console.print(f"total {self.timings.get('total', 0.0):.0f} s — report: {self.out / 'report.md'}")
 
     def _write_report(self) -> None:
@@ -428,6 +544,14 @@ class Pipeline:
         ]
         lines += ["| " + " | ".join(r) + " |" for r in self.summary_rows()]
         lines += ["", "Scores in percent. IA-S/M/L: instance-aware mIoU of small/medium/large objects.", ""]
+        if self.results.get("seg"):
+            lines += [
+                f"## Segmentation network (stage 4), trained on `{self.cfg['seg']['labels']}` labels",
+                "",
+                "| " + " | ".join(self.SEG_HEADERS) + " |",
+                "|" + "---|" * len(self.SEG_HEADERS),
+            ]
+            lines += ["| " + " | ".join(r) + " |" for r in self.seg_rows()] + [""]
         lines += self._saliency_section()
         lines += ["## τ sweep", "", "![τ sweep](sweep/sweep.png)", "", "Full numbers: `sweep/sweep.csv`.", ""]
         lines += self._class_section()

@@ -71,6 +71,19 @@ class Dataset(abc.ABC):
 
     # ----------------------------------------------------------------- common
     @property
+    def ia_bounds(self) -> tuple[int, int]:
+        """IA-mIoU small/medium area bounds in pixels: ``dataset.json``'s ``ia_bounds`` when the
+        root has one (the synthetic data scales them to its image size), else VOC's 32² / 96²."""
+        meta = self.root / "dataset.json"
+        if meta.is_file():
+            import json
+
+            bounds = json.loads(meta.read_text()).get("ia_bounds")
+            if bounds:
+                return int(bounds[0]), int(bounds[1])
+        return 1024, 9216
+
+    @property
     def num_classes(self) -> int:
         """Number of classes including background."""
         return len(self.class_names)

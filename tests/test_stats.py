@@ -1,0 +1,19 @@
+"""mean ± s.e.m. against hand-computed values."""
+
+import math
+
+from wsss.metrics.stats import format_mean_sem, mean_sem
+
+
+def test_mean_sem_hand_computed():
+    # values 0.50, 0.52, 0.54: mean 0.52, sample std 0.02, s.e.m. 0.02 / sqrt(3)
+    m, s, n = mean_sem([0.50, 0.52, 0.54])
+    assert n == 3 and math.isclose(m, 0.52) and math.isclose(s, 0.02 / math.sqrt(3))
+    assert format_mean_sem((m, s, n)) == "52.0 ± 1.2"
+
+
+def test_mean_sem_skips_missing_and_single_value_has_no_spread():
+    m, s, n = mean_sem([0.3, float("nan"), None])
+    assert (m, n) == (0.3, 1) and math.isnan(s)
+    assert format_mean_sem((m, s, n)) == "30.0"
+    assert format_mean_sem(mean_sem([])) == "–"
