@@ -557,6 +557,39 @@ def evaluate(
         write_run_json(json_out.parent, "evaluate", record, name=f"{json_out.stem}.run.json")
 
 
+@app.command()
+def balance(
+    data: DataRoot,
+    out: Annotated[
+        Path,
+        typer.Option(help="Folder for NAME.txt and its histograms (ROOT/ImageSets/Segmentation: a split)."),
+    ],
+    dataset: DataKind = "synthetic",
+    split: Split = "val",
+    name: Annotated[
+        str, typer.Option(help="Subset name: NAME.txt, NAME_histogram.csv/json/png.")
+    ] = "balanced",
+    bounds: Annotated[
+        str | None, typer.Option(help="Small,medium instance area bounds in px (default: the dataset's).")
+    ] = None,
+    max_images: Annotated[int | None, typer.Option(help="Stop once this many images are chosen.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """A subset of a split with small/medium/large instances and classes about equally represented
+    (seed 004's PASCAL-B), from the instance annotations (else connected components of the GT)."""
+    from wsss.data.balance import balance_split, format_histogram
+
+    b = None
+    if bounds is not None:
+        b = _floats(bounds)
+        if len(b) != 2:
+            raise WsssError(f"--bounds expects two numbers, got {bounds!r}")
+    summary = balance_split(_dataset(data, dataset, split), out, bounds=b, name=name, max_images=max_images,
+                            progress=not quiet)  # fmt: skip
+    typer.echo(format_histogram(summary))
+    typer.echo(f"subset list: {summary['list']}")
+
+
 # ---------------------------------------------------------------------------- whole pipeline
 @app.command()
 def run(

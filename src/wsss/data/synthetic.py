@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from wsss.data.balance import select_balanced_subset
 from wsss.data.base import write_label_csv
 from wsss.io import (
     IGNORE,
@@ -161,63 +161,6 @@ def size_bucket(area: np.ndarray | float, bounds: tuple[float, float]) -> np.nda
     return np.searchsorted(
         np.asarray(bounds, dtype=np.float64), np.asarray(area, dtype=np.float64), side="right"
     )
-
-
-def select_balanced_subset(
-    records: Iterable[tuple[str, int, float]],
-    bounds: tuple[float, float],
-    overfill_penalty: float = 0.25,
-) -> list[str]:
-    """Images whose instances are about equally small/medium/large and spread over the classes.
-
-    Seed 004's PASCAL-B idea as a greedy pick over instance records ``(image_id,
-    class_id, area)``. Every size bucket and every class gets a quota, as large as the
-    scarcest bucket and the scarcest class allow. Each step adds the image with the
-    best score: an instance that fills a quota earns quota/available of its bucket
-    (and of its class), so images holding the scarce kinds go first; one that lands
-    in a full quota costs ``overfill_penalty``. It stops when no image scores above 0.
-    Returns the chosen ids in first-seen order.
-    """
-    by_image: dict[str, list[tuple[int, float]]] = {}
-    for image_id, class_id, area in records:
-        by_image.setdefault(image_id, []).append((int(class_id), float(area)))
-    if not by_image:
-        return []
-    ids = list(by_image)
-    class_ids = sorted({c for insts in by_image.values() for c, _ in insts})
-    class_col = {c: j for j, c in enumerate(class_ids)}
-    sizes = np.zeros((len(ids), 3))
-    classes = np.zeros((len(ids), len(class_ids)))
-    for i, image_id in enumerate(ids):
-        insts = by_image[image_id]
-        np.add.at(sizes[i], size_bucket([a for _, a in insts], bounds), 1)
-        np.add.at(classes[i], [class_col[c] for c, _ in insts], 1)
-    sizes = sizes[:, sizes.sum(0) > 0]  # a bucket no instance falls in cannot be balanced
-    total = min(sizes.shape[1] * sizes.sum(0).min(), classes.shape[1] * classes.sum(0).min())
-    quota_size = total / sizes.shape[1]
-    quota_class = total / classes.shape[1]
-    weight_size = quota_size / sizes.sum(0)
-    weight_class = quota_class / classes.sum(0)
-    have_size = np.zeros(sizes.shape[1])
-    have_class = np.zeros(classes.shape[1])
-    chosen = np.zeros(len(ids), dtype=bool)
-
-    def gain(counts: np.ndarray, have: np.ndarray, quota: float, weight: np.ndarray) -> np.ndarray:
-        need = np.maximum(quota - have, 0.0)
-        return (weight * np.minimum(counts, need) - overfill_penalty * np.maximum(counts - need, 0.0)).sum(1)
-
-    while not chosen.all():
-        score = gain(sizes, have_size, quota_size, weight_size) + gain(
-            classes, have_class, quota_class, weight_class
-        )
-        score[chosen] = -np.inf
-        best = int(np.argmax(score))
-        if score[best] <= 0:
-            break
-        chosen[best] = True
-        have_size += sizes[best]
-        have_class += classes[best]
-    return [i for i, c in zip(ids, chosen, strict=True) if c]
 
 
 def load_shape_bank(shapes_dir: str | Path) -> dict[str, list[np.ndarray]]:
