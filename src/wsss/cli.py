@@ -605,6 +605,34 @@ def run(
 
 
 @app.command()
+def bed(
+    config: Annotated[str, typer.Argument(help="Bed YAML, or a built-in name (bed_demo).")],
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value: a bed key (seeds=[0]) or, for every cell, a run-config key."),
+    ] = None,
+    jobs: Annotated[int, typer.Option(help="Run N cells at once, in separate processes.")] = 1,
+    shard: Annotated[
+        str | None, typer.Option(help="Run only the cells whose index ≡ i mod N ('i/N'), then --merge.")
+    ] = None,
+    merge: Annotated[
+        bool, typer.Option("--merge", help="Run nothing: collect the finished cells into results and tables.")
+    ] = False,
+    allow_missing: Annotated[
+        bool, typer.Option("--allow-missing", help="Write results and tables even if cells are missing.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the cell list and exit.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """The benchmark bed: CAM methods × seeds as `wsss run` cells over one dataset, every saliency
+    source and a swept τ in each; tables of mean ± s.e.m. over seeds. Rerun to resume."""
+    from wsss.bench.bed import run_bed
+
+    run_bed(config, sets, jobs=jobs, shard=shard, merge=merge, allow_missing=allow_missing, dry_run=dry_run,
+            progress=not quiet)  # fmt: skip
+
+
+@app.command()
 def demo(
     out: Annotated[str, typer.Option(help="Run folder.")] = "runs/demo",
     sets: Sets = None,
@@ -614,6 +642,23 @@ def demo(
     from wsss.pipeline import run_pipeline
 
     run_pipeline("demo", sets, out=out, progress=not quiet)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A `wsss run` folder, or a bed folder of runs.")],
+    out: Annotated[Path | None, typer.Option(help="HTML file (default RUN_DIR/report.html).")] = None,
+    gallery: Annotated[int, typer.Option(help="Gallery: the N best, N worst and N random images.")] = 4,
+    split: Annotated[
+        str | None, typer.Option(help="Split of the per-class sections and gallery (default: held-out).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the gallery's random images.")] = 0,
+) -> None:
+    """One self-contained HTML report (tables, τ curves, IA-mIoU, class groups, a pseudo-label gallery)."""
+    from wsss.report import build_report
+
+    path = build_report(run_dir, out, gallery=gallery, seed=seed, split=split)
+    typer.echo(f"report: {path}")
 
 
 def main() -> None:
