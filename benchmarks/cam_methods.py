@@ -22,6 +22,7 @@ import numpy as np
 from wsss.cam import CAM_METHODS
 from wsss.data.synthetic import generate
 from wsss.io import atomic_write_text, read_json, write_json
+from wsss.metrics.stats import format_mean_sem, mean_sem
 from wsss.pipeline import load_run_config, run_pipeline
 
 # name → (registered method, extra CamTrainConfig fields)
@@ -59,21 +60,6 @@ def cell_config(args, name: str, seed: int, data_root: Path) -> dict:
         "pseudo": {**base["pseudo"], "saliency": ["none", args.saliency]},
         "evaluate": base["evaluate"],
     }
-
-
-def mean_sem(values: list[float]) -> tuple[float, float]:
-    v = np.asarray([x for x in values if x == x], dtype=np.float64)
-    if v.size == 0:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
-
-
-def fmt(ms: tuple[float, float]) -> str:
-    """Percent, with the s.e.m. when there are several seeds."""
-    m, s = ms
-    if m != m:
-        return "–"
-    return f"{100 * m:.1f}" if s != s else f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
 def main() -> None:
@@ -126,7 +112,7 @@ def main() -> None:
             mious = [e[s]["summary"]["miou"] for e in per_seed]
             taus = [e[s]["summary"]["tau"] for e in per_seed]
             table[name][s] = {"miou": mean_sem(mious), "tau": taus}
-            cells += [fmt(mean_sem(mious)), "/".join(f"{t:.2f}" for t in taus)]
+            cells += [format_mean_sem(mean_sem(mious)), "/".join(f"{t:.2f}" for t in taus)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     lines += ["", "## Class groups (seed 001, Table 3): IoU without saliency, mean over seeds (%)", ""]
@@ -144,7 +130,7 @@ def main() -> None:
                 for g in e["none"]["groups"].get("groups", [])
                 if f"{g['kind']}:{g['name']}" == gname
             ]
-            vals.append(fmt(mean_sem(ious)))
+            vals.append(format_mean_sem(mean_sem(ious)))
         lines.append(f"| {name} | " + " | ".join(vals) + " |")
     lines += ["", "Pearson r of per-class IoU (no saliency) with the class statistics, mean over seeds:", ""]
     stats = ("occurrence", "relative_size", "cooccurrence", "cardinality")

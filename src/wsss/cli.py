@@ -638,10 +638,13 @@ def demo(
     sets: Sets = None,
     quiet: Quiet = False,
 ) -> None:
-    """The end-to-end demo: synthetic data → CAM → τ sweeps → pseudo labels → evaluation (~10 min on 2 CPUs)."""
+    """The end-to-end demo: synthetic data → CAM → τ sweeps → pseudo labels → DeepLab → evaluation
+    → report.html (~15 min on 2 CPUs)."""
     from wsss.pipeline import run_pipeline
+    from wsss.report import build_report
 
     run_pipeline("demo", sets, out=out, progress=not quiet)
+    typer.echo(f"report: {build_report(out)}")
 
 
 @app.command()

@@ -78,7 +78,7 @@ DEFAULTS: dict[str, Any] = {
         "labels": None,
         "methods": ["ce"],  # losses: ce | size-weighted | size-balanced, one network each
         "train": {},  # SegTrainConfig fields
-        "predict": {"scales": [0.75, 1.0, 1.25], "flip": True, "crf": False},
+        "predict": {"scales": [0.75, 1.0, 1.25], "flip": True, "crf": False, "batch_size": 8},
         "splits": ["val", "val_balanced"],
     },
 }
@@ -463,18 +463,13 @@ class Pipeline:
         from wsss.seg import predict_seg
 
         pcfg = self.cfg["seg"]["predict"]
-        unknown = sorted(set(pcfg) - {"scales", "flip", "crf", "batch_size"})
-        if unknown:
-            raise WsssError(
-                f"config seg.predict: unknown keys {unknown}; valid: batch_size, crf, flip, scales"
-            )
         model = self.out / "seg" / method / "model" / "model.safetensors"
         out: dict[str, dict] = {}
         for split in self.cfg["seg"]["splits"]:
             ds = self.dataset(split)
             pred = predict_seg(ds, model, self.out / "seg" / method / "pred" / split,
-                               scales=tuple(pcfg.get("scales", (1.0,))), flip=bool(pcfg.get("flip", True)),
-                               crf=bool(pcfg.get("crf", False)), batch_size=int(pcfg.get("batch_size", 8)),
+                               scales=tuple(pcfg["scales"]), flip=bool(pcfg["flip"]), crf=bool(pcfg["crf"]),
+                               batch_size=int(pcfg["batch_size"]),
                                progress=self.progress)  # fmt: skip
             res = evaluate_dataset(pred, ds, bounds=self.ia_bounds(), workers=self.cfg["evaluate"].get("workers", 1),
                                    progress=self.progress)  # fmt: skip

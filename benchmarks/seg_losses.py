@@ -1,0 +1,266 @@
+"""Stage 4 under one budget: DeepLab trained on pseudo labels of several CAM methods with the
+``ce`` / ``size-weighted`` / ``size-balanced`` losses, plus the ground-truth reference,
+scored on ``val`` and ``val_balanced`` (mIoU and IA-mIoU S/M/L, mean ± s.e.m. over seeds).
+
+Three phases, each resumable (finished outputs are skipped), so the CPU-bound part and the
+GPU-bound part can run on different machines::
+
+    # 1. labels: CAMs of the whole train split from the stage-1 benchmark's classifiers
+    #    (`make bench-methods`), thresholded at each cell's best τ with `good` saliency
+    python benchmarks/seg_losses.py labels --cells runs/cam_methods --out runs/seg_losses
+    # 2. train + predict + evaluate every (labels, loss, seed) cell; --jobs runs cells in
+    #    parallel processes (several per GPU is fine for these small networks)
+    python benchmarks/seg_losses.py train --out runs/seg_losses --jobs 1
+    # 3. the tables (also printed at the end of `train`)
+    python benchmarks/seg_losses.py table --out runs/seg_losses
+
+Labels of CAM seed k train the segmentation network of seed k, so both kinds of variance
+are in the s.e.m.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import time
+from pathlib import Path
+
+from wsss.data import build_dataset
+from wsss.data.synthetic import generate
+from wsss.io import atomic_write_text, read_json, write_json
+from wsss.metrics.stats import format_mean_sem, mean_sem
+
+LOSSES = ("ce", "size-weighted", "size-balanced")
+SPLITS = ("val", "val_balanced")
+SCORES = ("miou", "ia_miou_small", "ia_miou_medium", "ia_miou_large", "ia_miou")
+# the demo recipe (SegTrainConfig's docstring): from scratch on 128-px images
+TRAIN = {
+    "backbone": "resnet18",
+    "head": "deeplab-v2",
+    "optimizer": "adamw",
+    "crop_size": 128,
+    "batch_size": 16,
+    "accumulate": 1,
+    "scale_range": [0.75, 1.25],
+    "weight_decay": 1e-4,
+}
+PREDICT_SCALES = (1.0,)  # + flip; the CPU budget of this benchmark
+
+
+# ------------------------------------------------------------------ phase 1: pseudo labels
+def make_labels(args) -> None:
+    from wsss.cam import infer_cams
+    from wsss.metrics.evaluate import evaluate_dataset
+    from wsss.pseudo.threshold import make_pseudo_labels
+
+    ds = build_dataset("synthetic", args.data, "train")
+    summary = {}
+    for method in args.methods:
+        for seed in args.seeds:
+            cell = args.cells / method / f"seed{seed}"
+            sweep = read_json(cell / "stages" / "sweep.json")["result"]
+            if args.saliency not in sweep:
+                raise SystemExit(f"{cell}: no sweep for saliency {args.saliency!r} (has {sorted(sweep)})")
+            tau = float(sweep[args.saliency]["tau"])
+            cams = args.out / "cams" / method / f"seed{seed}"
+            labels = args.labels / method / f"seed{seed}"
+            t0 = time.perf_counter()
+            infer_cams(ds, cell / "cam", cams, scales=(0.5, 1.0, 1.5), flip=True, batch_size=16)
+            make_pseudo_labels(ds, cams, labels, tau, saliency_dir=ds.root / "saliency" / args.saliency)
+            res = evaluate_dataset(labels, ds, bounds=ds.ia_bounds, groups=False, workers=2)
+            summary[f"{method}/seed{seed}"] = {
+                "tau": tau,
+                "train_miou": res["miou"],
+                "seconds": time.perf_counter() - t0,
+            }
+            print(json.dumps({f"{method}/seed{seed}": summary[f"{method}/seed{seed}"]}), flush=True)
+    write_json(args.labels / "summary.json", summary)
+
+
+# ------------------------------------------------------------------ phase 2: segmentation cells
+def cell_dir(out: Path, labels: str, loss: str, seed: int) -> Path:
+    return out / "cells" / labels / loss / f"seed{seed}"
+
+
+def run_cell(
+    out: str,
+    data: str,
+    label_root: str,
+    labels: str,
+    loss: str,
+    seed: int,
+    epochs: int,
+    device: str | None,
+    max_images: int,
+) -> dict:
+    """Train, predict and score one cell; every step skips what a previous run finished."""
+    import torch
+
+    from wsss.metrics.evaluate import evaluate_dataset
+    from wsss.seg import SegTrainConfig, predict_seg, train_seg
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    cell = cell_dir(Path(out), labels, loss, seed)
+    done = cell / "scores.json"
+    if done.exists():
+        return read_json(done)
+    label_dir = None if labels == "gt" else str(Path(label_root) / labels / f"seed{seed}")
+    config = SegTrainConfig.from_dict(
+        {
+            **TRAIN,
+            "epochs": epochs,
+            "seed": seed,
+            "labels": label_dir,
+            "device": device,
+            "num_workers": 2 if device and device.startswith("cuda") else 0,
+        },
+        source=f"cell {labels}/{loss}/seed{seed}",
+    )
+    t0 = time.perf_counter()
+    train_ds = build_dataset("synthetic", data, "train")
+    if max_images:
+        train_ds.ids = train_ds.ids[:max_images]
+    model = train_seg(train_ds, cell / "model", config, method=loss, progress=False)
+    scores: dict = {
+        "labels": labels,
+        "loss": loss,
+        "seed": seed,
+        "epochs": epochs,
+        "train_seconds": time.perf_counter() - t0,
+    }
+    for split in SPLITS:
+        ds = build_dataset("synthetic", data, split)
+        if max_images:
+            ds.ids = ds.ids[:max_images]
+        pred = predict_seg(
+            ds,
+            model,
+            cell / "pred" / split,
+            scales=PREDICT_SCALES,
+            flip=True,
+            device=device,
+            batch_size=32,
+            progress=False,
+        )
+        res = evaluate_dataset(pred, ds, bounds=ds.ia_bounds, groups=False, progress=False)
+        scores[split] = {k: res[k] for k in SCORES}
+    write_json(done, scores)
+    return scores
+
+
+def train_cells(args) -> None:
+    sources = [f"{m}" for m in args.methods] + ["gt"]
+    jobs = []
+    for labels_name in sources:
+        for loss in ["ce"] if labels_name == "gt" and not args.gt_all_losses else args.losses:
+            for seed in args.seeds:
+                jobs.append((labels_name, loss, seed))
+    t0 = time.perf_counter()
+    with cf.ProcessPoolExecutor(args.jobs) as pool:
+        futures = {
+            pool.submit(
+                run_cell,
+                str(args.out),
+                str(args.data),
+                str(args.labels),
+                lab,
+                loss,
+                seed,
+                args.epochs,
+                args.device,
+                args.max_images,
+            ): (lab, loss, seed)
+            for lab, loss, seed in jobs
+        }
+        for i, fut in enumerate(cf.as_completed(futures), 1):
+            lab, loss, seed = futures[fut]
+            s = fut.result()
+            print(
+                f"[{i}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {lab}/{loss}/seed{seed}: "
+                f"val mIoU {100 * s['val']['miou']:.1f}, val_balanced IA-S {100 * s['val_balanced']['ia_miou_small']:.1f}",
+                flush=True,
+            )
+    table(args)
+
+
+# ------------------------------------------------------------------ phase 3: tables
+def table(args) -> None:
+    cells = [read_json(p) for p in sorted((args.out / "cells").glob("*/*/seed*/scores.json"))]
+    if not cells:
+        raise SystemExit(f"{args.out}/cells: no finished cells")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["labels"], c["loss"]), []).append(c)
+    lines = [
+        "# Stage 4: DeepLab-V2 (ResNet-18, from scratch) on pseudo labels; mean ± s.e.m. over seeds (%)",
+        "",
+    ]
+    summary = args.labels / "summary.json"
+    label_info = read_json(summary) if summary.exists() else {}
+    for split in SPLITS:
+        lines += [
+            f"## {split}",
+            "",
+            "| labels | loss | seeds | mIoU | IA-mIoU S | IA-mIoU M | IA-mIoU L | IA-mIoU |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for (lab, loss), cs in sorted(
+            groups.items(), key=lambda kv: (kv[0][0] == "gt", kv[0][0], LOSSES.index(kv[0][1]))
+        ):
+            vals = [format_mean_sem(mean_sem([c[split][k] for c in cs])) for k in SCORES]
+            lines.append(f"| {lab} | {loss} | {len(cs)} | " + " | ".join(vals) + " |")
+        lines.append("")
+    if label_info:
+        lines += [
+            "## Pseudo labels (train split)",
+            "",
+            "| labels | τ per seed | train mIoU |",
+            "|---|---|---|",
+        ]
+        for method in sorted({k.split("/")[0] for k in label_info}):
+            rows = [v for k, v in sorted(label_info.items()) if k.split("/")[0] == method]
+            taus = "/".join(f"{r['tau']:.2f}" for r in rows)
+            lines.append(
+                f"| {method} | {taus} | {format_mean_sem(mean_sem([r['train_miou'] for r in rows]))} |"
+            )
+    report = "\n".join(lines) + "\n"
+    atomic_write_text(args.out / "seg_losses.md", report)
+    write_json(args.out / "seg_losses.json", {"cells": cells})
+    print(report)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("phase", choices=["labels", "train", "table"])
+    ap.add_argument("--out", type=Path, default=Path("runs/seg_losses"))
+    ap.add_argument(
+        "--cells", type=Path, default=Path("runs/cam_methods"), help="the stage-1 benchmark's folder"
+    )
+    ap.add_argument(
+        "--data", type=Path, default=None, help="demo dataset (default: CELLS/data, else OUT/data, generated)"
+    )
+    ap.add_argument("--methods", nargs="*", default=["cam", "puzzle"], help="label sources besides gt")
+    ap.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--saliency", default="good")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--labels", type=Path, default=None, help="pseudo-label root (default: OUT/labels)")
+    ap.add_argument("--max-images", type=int, default=0, help="first N images of each split (smoke tests)")
+    ap.add_argument("--gt-all-losses", action="store_true", help="train the GT reference with every loss")
+    args = ap.parse_args()
+    if args.data is None:  # the stage-1 benchmark's dataset, which its classifiers saw
+        args.data = args.cells / "data"
+        if not args.data.is_dir():
+            args.data = args.out / "data"
+            generate(args.data, "demo", seed=0)
+    args.labels = args.labels or args.out / "labels"
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    {"labels": make_labels, "train": train_cells, "table": table}[args.phase](args)
+
+
+if __name__ == "__main__":
+    main()
