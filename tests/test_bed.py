@@ -258,6 +258,8 @@ def test_tidy_rows_and_table1_match_the_cells_eval_jsons(beds):
     with open(out / "results.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert [float(r["miou"]) for r in table] == [r["miou"] for r in rows]
+    html = (out / "report.html").read_text()  # the bed ends with its report
+    assert "cam-ls" in html and html.count("data:image/png;base64,") > 0
     tables = read_json(out / "tables.json")
     md = (out / "tables.md").read_text()
     for split in ("train", "val"):

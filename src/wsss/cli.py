@@ -622,6 +622,7 @@ def bed(
         bool, typer.Option("--allow-missing", help="Write results and tables even if cells are missing.")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the cell list and exit.")] = False,
+    report: Annotated[bool, typer.Option(help="Write OUT/report.html (`wsss report`) at the end.")] = True,
     quiet: Quiet = False,
 ) -> None:
     """The benchmark bed: CAM methods × seeds as `wsss run` cells over one dataset, every saliency
@@ -629,7 +630,7 @@ def bed(
     from wsss.bench.bed import run_bed
 
     run_bed(config, sets, jobs=jobs, shard=shard, merge=merge, allow_missing=allow_missing, dry_run=dry_run,
-            progress=not quiet)  # fmt: skip
+            progress=not quiet, report=report)  # fmt: skip
 
 
 @app.command()

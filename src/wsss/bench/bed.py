@@ -832,11 +832,13 @@ def run_bed(
     allow_missing: bool = False,
     dry_run: bool = False,
     progress: bool = True,
+    report: bool = True,
 ) -> dict:
     """Run (or, with ``merge``, only collect) a bed; returns {"cells", "rows", "tables", …}.
 
     A shard run (N > 1) writes its cells and ``run.shard<i>of<N>.json`` only; results and tables
-    come from a full run or from ``merge``, which refuse missing cells unless ``allow_missing``.
+    come from a full run or from ``merge``, which refuse missing cells unless ``allow_missing``;
+    then ``report`` writes ``out/report.html`` (:func:`wsss.report.build_report`).
     """
     t0 = time.perf_counter()
     if jobs < 1:
@@ -892,4 +894,8 @@ def run_bed(
     write_run_json(out, "bed", record, timings={"total": time.perf_counter() - t0}, extra=extra)
     _print_table1(tables)
     print(f"results: {out / 'results.csv'} · tables: {out / 'tables.md'}", file=sys.stderr)
+    if report and rows:
+        from wsss.report import build_report
+
+        print(f"report: {build_report(out)}", file=sys.stderr)
     return {"cells": [c.name for c in bed.cells], "rows": rows, "tables": tables, **outcome}
