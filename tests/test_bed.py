@@ -306,3 +306,25 @@ def test_user_submitted_cams_as_a_method(beds, tmp_path):
     ref = [{k: r[k] for k in keys} for r in read_json(beds["clean"] / "results.json")["rows"]
            if r["method"] == "cam" and r["seed"] == 0]  # fmt: skip
     assert json.dumps(mine) == json.dumps(ref)
+
+
+def test_refinement_steps_add_columns(beds, tmp_path):
+    """`refine: [crf]`: every source is also scored after the label CRF, as column `<source>+crf`;
+    the unrefined columns stay those of the plain bed."""
+    cams = Path(shutil.copytree(beds["clean"] / "cells" / "cam" / "seed0" / "cams", tmp_path / "my_cams"))
+    out = tmp_path / "refined"
+    result = run_bed(tiny_bed(out, methods={"mine": {"cams": str(cams)}}, refine=["crf"]), progress=False)
+    rows = {(r["saliency"], r["split"]): r for r in result["rows"]}
+    assert set(rows) == {(s, sp) for s in ("none", "good", "poor", "none+crf", "good+crf", "poor+crf")
+                         for sp in ("train", "val")}  # fmt: skip
+    cell = out / "cells" / "mine" / "seed0"
+    for (src, split), r in rows.items():
+        assert r["miou"] == pytest.approx(read_json(cell / "eval" / f"{src}_{split}.json")["miou"])
+        if src.endswith("+crf"):
+            plain = rows[(src.removesuffix("+crf"), split)]
+            assert r["tau"] == plain["tau"]  # refined at the source's own best τ
+            assert (cell / "pseudo" / src / split).is_dir()
+    assert result["tables"]["sources"] == ["none", "good", "poor", "none+crf", "good+crf", "poor+crf"]
+    assert "good+crf" in (out / "tables.md").read_text()
+    with pytest.raises(WsssError, match="refine"):
+        run_bed(tiny_bed(tmp_path / "bad", refine=["walk"]), progress=False)

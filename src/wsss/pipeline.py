@@ -71,6 +71,9 @@ DEFAULTS: dict[str, Any] = {
         "ignore_salient_bg": True,
         "sweep_split": "train",
     },
+    # stage-3 refinement of every source's pseudo labels, scored as source "<source>+<step>":
+    # "crf" = the dense CRF of METHODS.md §3 on the label maps (options: refine_crf.crf params)
+    "refine": {"steps": [], "crf": {}},
     "evaluate": {"bounds": None, "workers": 1},  # bounds None: the dataset's ia_bounds, else 1024/9216
     # stage 4, when `labels` is set: a saliency source of `pseudo.saliency` (its pseudo labels at the
     # best τ, made for the whole train split) or "gt" (the fully supervised reference)
@@ -249,6 +252,9 @@ class Pipeline:
         eval_cfg = {**sweep_cfg, "evaluate": cfg["evaluate"], "eval_splits": cfg["data"]["eval_splits"]}
         evals = self._stage("pseudo_eval", eval_cfg, lambda: self._pseudo_and_evaluate(best))
 
+        if cfg["refine"]["steps"]:  # absent from the hashes when unused, so older runs still resume
+            refine_cfg = {**eval_cfg, "refine": cfg["refine"]}
+            evals = {**evals, **self._stage("refine", refine_cfg, lambda: self._refine(evals))}
         self.results = {"best_tau": best, "evaluation": evals, "saliency_quality": quality}
         if cfg["seg"]["labels"]:
             self.results["seg"] = self._seg_stages(eval_cfg, best)
@@ -400,6 +406,39 @@ class Pipeline:
                 write_json(self.out / "eval" / f"{src}_{split}.json", res)
                 keep = ("saliency", "split", "tau", "num_images", *self.SCORES)
                 out[f"{src}/{split}"] = {k: res[k] for k in keep if k in res}
+        return out
+
+    REFINE_STEPS = ("crf",)
+
+    def _refine(self, evals: dict) -> dict:
+        """Each refinement step on each source's pseudo labels, scored like them; a step's
+        rows carry the source name ``<source>+<step>`` and the source's τ."""
+        from wsss.metrics.evaluate import evaluate_dataset
+        from wsss.pseudo.crf import CrfParams
+        from wsss.pseudo.refine_crf import crf_refine
+
+        rcfg = self.cfg["refine"]
+        unknown = [s for s in rcfg["steps"] if s not in self.REFINE_STEPS]
+        if unknown:
+            raise WsssError(f"config refine.steps: unknown {unknown}; known: {list(self.REFINE_STEPS)}")
+        try:
+            params = CrfParams.from_dict(rcfg["crf"])
+        except WsssError as e:
+            raise WsssError(f"config refine.crf: {e}") from None
+        out: dict[str, dict] = {}
+        for r in evals.values():
+            ds = self.dataset(r["split"])
+            for step in rcfg["steps"]:
+                name = f"{r['saliency']}+{step}"
+                labels = self.out / "pseudo" / r["saliency"] / r["split"]
+                refined = crf_refine(ds, self.out / "pseudo" / name / r["split"], labels_dir=labels, params=params,
+                                     progress=self.progress)  # fmt: skip
+                res = evaluate_dataset(refined, ds, bounds=self.ia_bounds(),
+                                       workers=self.cfg["evaluate"].get("workers", 1), progress=self.progress)  # fmt: skip
+                res.update({"split": r["split"], "saliency": name, "tau": r["tau"], "num_images": len(ds)})
+                write_json(self.out / "eval" / f"{name}_{r['split']}.json", res)
+                keep = ("saliency", "split", "tau", "num_images", *self.SCORES)
+                out[f"{name}/{r['split']}"] = {k: res[k] for k in keep if k in res}
         return out
 
     # ------------------------------------------------------------------ stage 4

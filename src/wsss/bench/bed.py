@@ -27,6 +27,7 @@ Bed config (YAML)::
     saliency: [none, good, poor, spectral-residual]   # columns: sources (built ones need `build:` below)
     build_saliency: {spectral-residual: {source: spectral-residual}}  # the run config's `saliency:` section
     tau: best                   # or a number, or {method: number|best}
+    refine: [crf]               # optional: also score each source's labels after these steps
     seeds: [0, 1, 2]
     seg: null                   # optional: the run config's seg section, passed to every cell
     set: ["cam.train.epochs=1"] # extra --set overrides for every cell
@@ -52,6 +53,8 @@ Keys in detail:
   ``build_saliency`` (or of the base's ``saliency:`` section); only the listed sources are built.
 * ``tau``: ``best`` sweeps the base's ``pseudo.taus`` on the sweep split and keeps each source's
   best τ; a number fixes τ.
+* ``refine``: refinement steps (the run config's ``refine.steps``; ``crf`` = the label CRF of
+  METHODS.md §3) applied to every source's pseudo labels; each adds a column ``<source>+<step>``.
 * ``wsss bed CONFIG --set key=value``: a key of the bed config (``seeds=[0]``, ``out=…``) changes
   the bed; any other key (``cam.train.epochs=1``, ``pseudo.taus=[0.1,0.2]``) is appended to
   ``set``, i.e. passed to every cell.
@@ -114,6 +117,7 @@ BED_DEFAULTS: dict[str, Any] = {
     "saliency": None,  # None: the base's pseudo.saliency
     "build_saliency": {},
     "tau": "best",
+    "refine": [],  # refinement steps of the pseudo labels (the run config's refine.steps): crf
     "seeds": [0],
     "seg": None,
     "set": [],
@@ -200,6 +204,9 @@ def _validate(cfg: dict, where: str) -> None:
         fail(f"saliency: expected a non-empty list of distinct source names, got {sal!r}")
     if not isinstance(cfg["build_saliency"], dict):
         fail("build_saliency: expected a mapping name → {source: KIND, …}")
+    refine = cfg["refine"]
+    if not isinstance(refine, list) or any(r not in Pipeline.REFINE_STEPS for r in refine):
+        fail(f"refine: expected a list of steps from {list(Pipeline.REFINE_STEPS)}, got {refine!r}")
     tau = cfg["tau"]
     per_method = tau if isinstance(tau, dict) else {}
     if isinstance(tau, dict):
@@ -246,6 +253,8 @@ class Bed:
             srcs = self.base["pseudo"]["saliency"]
             self.cfg["saliency"] = list(srcs) if isinstance(srcs, dict | list) else [srcs]
         self.sources: list[str] = list(self.cfg["saliency"])
+        # table columns: every source, then every source after each refinement step
+        self.columns = self.sources + [f"{s}+{r}" for r in self.cfg["refine"] for s in self.sources]
         self.synth, self.data = self._data_section()
         self.methods = {k: (v or {}) for k, v in self.cfg["methods"].items()}
         self.order = self._method_order()
@@ -355,6 +364,7 @@ class Bed:
         # what defines the grid wins over `set`: the folder, the seed, the columns, a fixed τ
         cfg["out"], cfg["seed"] = str(folder), seed
         cfg["pseudo"]["saliency"] = list(self.sources)
+        cfg["refine"]["steps"] = list(self.cfg["refine"])
         tau = self._tau(name)
         if tau != "best":
             cfg["pseudo"]["taus"] = [float(tau)]
@@ -886,7 +896,7 @@ def run_bed(
     rows = bed.rows(finished)
     record = bed.record()
     _write_rows(out, record, rows)
-    tables = build_tables(rows, bed.order, bed.sources)
+    tables = build_tables(rows, bed.order, bed.columns)
     write_json(out / "tables.json", tables)
     md = tables_markdown(tables, str(out), bed.base["pseudo"]["sweep_split"], bed.cfg["seeds"])
     atomic_write_text(out / "tables.md", md)
