@@ -17,3 +17,9 @@ def test_mean_sem_skips_missing_and_single_value_has_no_spread():
     assert (m, n) == (0.3, 1) and math.isnan(s)
     assert format_mean_sem((m, s, n)) == "30.0"
     assert format_mean_sem(mean_sem([])) == "–"
+
+
+def test_format_pct():
+    from wsss.metrics.stats import format_pct
+
+    assert format_pct(0.5234) == "52.3" and format_pct(None) == "–" and format_pct(float("nan")) == "–"

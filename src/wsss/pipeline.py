@@ -40,6 +40,7 @@ from wsss.config import (
 )
 from wsss.data import Dataset, build_dataset
 from wsss.io import WsssError, atomic_write_text, read_json, write_json, write_run_json
+from wsss.metrics.stats import format_pct
 
 console = Console(stderr=True)
 
@@ -534,7 +535,7 @@ class Pipeline:
 
     def summary_rows(self) -> list[list[str]]:
         return [
-            [r["saliency"], r["split"], f"{r['tau']:.2f}"] + [_pct(r.get(k)) for k in self.SCORES]
+            [r["saliency"], r["split"], f"{r['tau']:.2f}"] + [format_pct(r.get(k)) for k in self.SCORES]
             for r in self.results.get("evaluation", {}).values()
         ]
 
@@ -543,7 +544,7 @@ class Pipeline:
 
     def seg_rows(self) -> list[list[str]]:
         return [
-            [r["method"], r["split"]] + [_pct(r.get(k)) for k in self.SCORES]
+            [r["method"], r["split"]] + [format_pct(r.get(k)) for k in self.SCORES]
             for r in (self.results.get("seg") or {}).values()
         ]
 
@@ -613,7 +614,9 @@ class Pipeline:
         ]
         for src, per_split in quality.items():
             for split, q in per_split.items():
-                lines.append(f"| {src} | {split} | {q['mae']:.3f} | {_pct(q['max_f'])} | {_pct(q['iou'])} |")
+                lines.append(
+                    f"| {src} | {split} | {q['mae']:.3f} | {format_pct(q['max_f'])} | {format_pct(q['iou'])} |"
+                )
         return lines + [""]
 
     def _class_section(self) -> list[str]:
@@ -642,11 +645,12 @@ class Pipeline:
         for c in first["per_class"]:
             st = stats.get(c["id"], {})
             ious = [
-                _pct(next(x["iou"] for x in evals[s]["per_class"] if x["id"] == c["id"])) for s in sources
+                format_pct(next(x["iou"] for x in evals[s]["per_class"] if x["id"] == c["id"]))
+                for s in sources
             ]
             lines.append(
-                f"| {c['name']} | {st.get('occurrence', float('nan')):.0f} | {_pct(st.get('relative_size'))} | "
-                f"{_pct(st.get('cooccurrence'))} | " + " | ".join(ious) + " |"
+                f"| {c['name']} | {st.get('occurrence', float('nan')):.0f} | {format_pct(st.get('relative_size'))} | "
+                f"{format_pct(st.get('cooccurrence'))} | " + " | ".join(ious) + " |"
             )
         lines += ["", "Pearson correlation over the foreground classes with each source's IoU:", ""]
         lines += ["| statistic | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
@@ -658,12 +662,6 @@ class Pipeline:
                 f"| {stat} | " + " | ".join("–" if v is None or v != v else f"{v:+.2f}" for v in row) + " |"
             )
         return lines + [""]
-
-
-def _pct(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return f"{100 * float(v):.1f}"
 
 
 def run_pipeline(source: str | Path | dict, overrides: list[str] | None = None, out: str | None = None,

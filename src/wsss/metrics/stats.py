@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["format_mean_sem", "mean_sem"]
+__all__ = ["format_mean_sem", "format_pct", "mean_sem"]
 
 
 def mean_sem(values: Iterable[float]) -> tuple[float, float, int]:
@@ -28,3 +28,10 @@ def format_mean_sem(stats: tuple[float, float, int], scale: float = 100.0, digit
     if not math.isfinite(sem):
         return f"{scale * mean:.{digits}f}"
     return f"{scale * mean:.{digits}f} ± {scale * sem:.{digits}f}"
+
+
+def format_pct(value: float | None) -> str:
+    """A score in [0, 1] as a percent with one decimal; ``–`` for a missing or NaN score."""
+    if value is None or not math.isfinite(float(value)):
+        return "–"
+    return f"{100 * float(value):.1f}"

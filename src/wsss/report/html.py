@@ -21,7 +21,7 @@ import numpy as np
 
 from wsss.io import WsssError, atomic_write_text, read_json, voc_palette, write_run_json
 from wsss.metrics.stats import format_mean_sem, mean_sem
-from wsss.pipeline import _pct as pct  # the percent format of report.md, "–" for NaN
+from wsss.metrics.stats import format_pct as pct
 from wsss.report import figures
 from wsss.report.gallery import GallerySpec, build_rows
 
