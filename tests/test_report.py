@@ -244,6 +244,10 @@ def test_report_is_deterministic(tiny_run, run_report, tmp_path):
 def test_bed_report(bed, bed_report):
     text = bed_report.read_text()
     assert "31.0 ± 1.0" in text  # cam / none / train: mIoU 30 and 32 over two seeds
+    table1 = re.search(r"<caption>Table 1[^<]*train[^<]*</caption>.*?</table>", text, re.S).group(0)
+    headers = re.findall(r"<th>(.*?)</th>", table1)
+    cam_row = re.findall(r"<td[^>]*>(.*?)</td>", re.search(r"<tr><td>cam</td>.*?</tr>", table1).group(0))
+    assert cam_row[headers.index("none")] == "31.0 ± 1.0"  # the matrix cell cam × none
     assert "Best cell: puzzle /" in text  # puzzle's rows are 5 points higher
     assert "&lt;i&gt;" in text and "<i>" not in text  # bed.json shown, escaped
     anchors = re.findall(r'<section id="([\w-]+)"', text)

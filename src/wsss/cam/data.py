@@ -232,5 +232,6 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
 
 def worker_init(_worker_id: int) -> None:
-    """Workers share the 2-ish cores with the training process: keep OpenCV single-threaded."""
-    cv2.setNumThreads(1)
+    """Workers share the cores with the training process: OpenCV stays sequential (as
+    ``import wsss`` sets it; a fresh interpreter under another start method needs it again)."""
+    cv2.setNumThreads(0)

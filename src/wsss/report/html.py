@@ -505,8 +505,26 @@ def _group_key(r: dict) -> tuple[str, str, str]:
     return r["method"], r["saliency"], r.get("loss") or ""
 
 
-def _bed_tables(rows: list[dict]) -> str:
+def _table1(rows: list[dict]) -> list[str]:
+    """Seed 000's Table 1 per split: pseudo-label mIoU, method × saliency source (columns in
+    first-seen order, so refined sources follow the plain ones)."""
     parts = []
+    pseudo = [r for r in rows if r["kind"] == "pseudo"]
+    methods = list(dict.fromkeys(r["method"] for r in pseudo))
+    sources = list(dict.fromkeys(r["saliency"] for r in pseudo))
+    for split in dict.fromkeys(r["split"] for r in pseudo):
+        cell = {(m, s): [] for m in methods for s in sources}
+        for r in pseudo:
+            if r["split"] == split:
+                cell[(r["method"], r["saliency"])].append(r.get("miou"))
+        body = [[m] + [format_mean_sem(mean_sem(cell[(m, s)])) for s in sources] for m in methods]
+        caption = f"Table 1: pseudo-label mIoU at the best τ on {split}, method × saliency source (%)."
+        parts.append(table(["method", *sources], body, caption=caption))
+    return parts
+
+
+def _bed_tables(rows: list[dict]) -> str:
+    parts = _table1(rows)
     for kind in dict.fromkeys(r["kind"] for r in rows):
         for split in dict.fromkeys(r["split"] for r in rows if r["kind"] == kind):
             sel = [r for r in rows if r["kind"] == kind and r["split"] == split]
