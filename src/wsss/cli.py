@@ -640,7 +640,7 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     """The end-to-end demo: synthetic data → CAM → τ sweeps → pseudo labels → DeepLab → evaluation
-    → report.html (~12 min on 2 CPUs)."""
+    → report.html (~10 min on 2 CPUs)."""
     from wsss.pipeline import run_pipeline
     from wsss.report import build_report
 
