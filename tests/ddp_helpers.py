@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-# The start of every worker script: one thread, and a record of every file the rank writes
-# (every atomic write ends in os.replace), so tests can check that only rank 0 writes.
+# The start of every worker script: one thread, a record of every file the rank writes
+# (every atomic write ends in os.replace), so tests can check that only rank 0 writes, and model_hash.
 WORKER_PRELUDE = """
 import hashlib, json, os, sys
 from pathlib import Path
@@ -27,6 +27,14 @@ def recording_replace(src, dst, *args, **kwargs):  # every atomic write ends in 
     return _replace(src, dst, *args, **kwargs)
 
 os.replace = recording_replace
+
+def model_hash(model):  # the weights' bytes, to compare ranks and runs
+    digest = hashlib.sha1()
+    state = model.state_dict()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 """
 
 

@@ -36,14 +36,6 @@ WORKER = WORKER_PRELUDE + textwrap.dedent(
     rank = int(os.environ["RANK"])
     record = {"written": written, "runs": {}}
 
-    def model_hash(model):
-        digest = hashlib.sha1()
-        state = model.state_dict()
-        for name in sorted(state):
-            digest.update(name.encode())
-            digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
-
     def state_hash(trainer):
         digest = hashlib.sha1(model_hash(trainer.model).encode())
         for group in trainer.optimizer.state_dict()["state"].values():

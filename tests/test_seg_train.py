@@ -288,14 +288,6 @@ WORKER = WORKER_PRELUDE + textwrap.dedent(
     data_root, labels, runs, record_dir = (Path(a) for a in sys.argv[1:5])
     rank = int(os.environ["RANK"])
 
-    def model_hash(model):
-        digest = hashlib.sha1()
-        state = model.state_dict()
-        for name in sorted(state):
-            digest.update(name.encode())
-            digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
-
     class Probe(SegTrainer):
         def step(self, batch):
             self.seen.extend(batch["index"].tolist())

@@ -145,6 +145,7 @@ class Pipeline:
         self.data_root = Path(dcfg["root"]) if dcfg["root"] else self.out / "data"
         external = cfg["cam"].get("cams")
         self.cam_dir = Path(external).expanduser().resolve() if external else self.out / "cams"
+        self._ia_bounds: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ helpers
     def _stage(self, name: str, stage_cfg: Any, fn: Callable[[], Any]) -> Any:
@@ -186,7 +187,9 @@ class Pipeline:
         b = self.cfg["evaluate"].get("bounds")
         if b:
             return int(b[0]), int(b[1])
-        return self.dataset(self.cfg["data"]["train_split"], limited=False).ia_bounds
+        if self._ia_bounds is None:  # reads the dataset's files: once, after the data exist
+            self._ia_bounds = self.dataset(self.cfg["data"]["train_split"], limited=False).ia_bounds
+        return self._ia_bounds
 
     def saliency_sources(self, ds: Dataset) -> dict[str, Path | None]:
         srcs = self.cfg["pseudo"]["saliency"]
@@ -289,13 +292,13 @@ class Pipeline:
         )
         return {"weights": str(weights)}
 
-    def _infer(self, splits: list[str]) -> dict:
+    def _infer(self, splits: list[str], limited: bool = True) -> dict:
         from wsss.cam import infer_cams
 
         icfg = self.cfg["cam"]["infer"]
         n = 0
         for split in splits:
-            ds = self.dataset(split)
+            ds = self.dataset(split, limited=limited)
             infer_cams(
                 ds,
                 self.out / "cam",
@@ -375,38 +378,37 @@ class Pipeline:
         write_sweep(result, self.out / "sweep")
         return {src: r["best"] for src, r in result["sources"].items()}
 
-    def _pseudo_and_evaluate(self, best: dict) -> dict:
-        from wsss.metrics.evaluate import evaluate_dataset
+    def _threshold_labels(self, ds: Dataset, src: str, tau: float) -> Path:
+        """Algorithm 1 with the config's saliency settings into ``pseudo/<src>/<split>/``."""
         from wsss.pseudo.threshold import make_pseudo_labels
 
         p = self.cfg["pseudo"]
+        return make_pseudo_labels(ds, self.cam_dir, self.out / "pseudo" / src / ds.split, tau,
+                                  saliency_dir=self.saliency_sources(ds)[src], sal_threshold=p["sal_threshold"],
+                                  ignore_salient_bg=p["ignore_salient_bg"], progress=self.progress)  # fmt: skip
+
+    def _score(self, pred_dir: Path, ds: Dataset, record: str, info: dict, keep: tuple[str, ...]) -> dict:
+        """Evaluate ``pred_dir`` on ``ds`` into ``eval/<record>.json`` (the whole result plus
+        ``info``); returns the ``keep`` keys, the image count and the headline scores."""
+        from wsss.metrics.evaluate import evaluate_dataset
+
+        res = evaluate_dataset(pred_dir, ds, bounds=self.ia_bounds(), workers=self.cfg["evaluate"].get("workers", 1),
+                               progress=self.progress)  # fmt: skip
+        res.update({**info, "num_images": len(ds)})
+        write_json(self.out / "eval" / f"{record}.json", res)
+        return {k: res[k] for k in (*keep, "num_images", *self.SCORES) if k in res}
+
+    PSEUDO_KEYS = ("saliency", "split", "tau")
+
+    def _pseudo_and_evaluate(self, best: dict) -> dict:
         out: dict[str, dict] = {}
         for split in self.cfg["data"]["eval_splits"]:
             ds = self.dataset(split)
-            for src, sal_dir in self.saliency_sources(ds).items():
+            for src in self.saliency_sources(ds):
                 tau = float(best[src]["tau"])
-                pseudo_dir = self.out / "pseudo" / src / split
-                make_pseudo_labels(
-                    ds,
-                    self.cam_dir,
-                    pseudo_dir,
-                    tau,
-                    saliency_dir=sal_dir,
-                    sal_threshold=p["sal_threshold"],
-                    ignore_salient_bg=p["ignore_salient_bg"],
-                    progress=self.progress,
-                )
-                res = evaluate_dataset(
-                    pseudo_dir,
-                    ds,
-                    bounds=self.ia_bounds(),
-                    workers=self.cfg["evaluate"].get("workers", 1),
-                    progress=self.progress,
-                )
-                res.update({"split": split, "saliency": src, "tau": tau, "num_images": len(ds)})
-                write_json(self.out / "eval" / f"{src}_{split}.json", res)
-                keep = ("saliency", "split", "tau", "num_images", *self.SCORES)
-                out[f"{src}/{split}"] = {k: res[k] for k in keep if k in res}
+                pseudo_dir = self._threshold_labels(ds, src, tau)
+                info = {"split": split, "saliency": src, "tau": tau}
+                out[f"{src}/{split}"] = self._score(pseudo_dir, ds, f"{src}_{split}", info, self.PSEUDO_KEYS)
         return out
 
     REFINE_STEPS = ("crf",)
@@ -414,7 +416,6 @@ class Pipeline:
     def _refine(self, evals: dict) -> dict:
         """Each refinement step on each source's pseudo labels, scored like them; a step's
         rows carry the source name ``<source>+<step>`` and the source's τ."""
-        from wsss.metrics.evaluate import evaluate_dataset
         from wsss.pseudo.crf import CrfParams
         from wsss.pseudo.refine_crf import crf_refine
 
@@ -434,12 +435,9 @@ class Pipeline:
                 labels = self.out / "pseudo" / r["saliency"] / r["split"]
                 refined = crf_refine(ds, self.out / "pseudo" / name / r["split"], labels_dir=labels, params=params,
                                      progress=self.progress)  # fmt: skip
-                res = evaluate_dataset(refined, ds, bounds=self.ia_bounds(),
-                                       workers=self.cfg["evaluate"].get("workers", 1), progress=self.progress)  # fmt: skip
-                res.update({"split": r["split"], "saliency": name, "tau": r["tau"], "num_images": len(ds)})
-                write_json(self.out / "eval" / f"{name}_{r['split']}.json", res)
-                keep = ("saliency", "split", "tau", "num_images", *self.SCORES)
-                out[f"{name}/{r['split']}"] = {k: res[k] for k in keep if k in res}
+                info = {"split": r["split"], "saliency": name, "tau": r["tau"]}
+                record = f"{name}_{r['split']}"
+                out[f"{name}/{r['split']}"] = self._score(refined, ds, record, info, self.PSEUDO_KEYS)
         return out
 
     # ------------------------------------------------------------------ stage 4
@@ -469,22 +467,13 @@ class Pipeline:
         evaluation may have used the first ``max_images`` only); None for the GT reference."""
         if src == "gt":
             return {"labels": None}
-        from wsss.cam import infer_cams
-        from wsss.pseudo.threshold import make_pseudo_labels
-
         split = self.cfg["data"]["train_split"]
-        ds = self.dataset(split, limited=False)
         if not self.cfg["cam"].get("cams"):
-            icfg = self.cfg["cam"]["infer"]
-            infer_cams(ds, self.out / "cam", self.cam_dir, scales=tuple(icfg["scales"]), flip=bool(icfg["flip"]),
-                       batch_size=int(icfg.get("batch_size", 8)), progress=self.progress)  # fmt: skip
+            self._infer([split], limited=False)
         if src in self.cfg["saliency"]:
             self._saliency([split], only=src, limited=False)
-        p = self.cfg["pseudo"]
-        label_dir = self.out / "pseudo" / src / split
-        make_pseudo_labels(ds, self.cam_dir, label_dir, float(best[src]["tau"]),
-                           saliency_dir=self.saliency_sources(ds)[src], sal_threshold=p["sal_threshold"],
-                           ignore_salient_bg=p["ignore_salient_bg"], progress=self.progress)  # fmt: skip
+        ds = self.dataset(split, limited=False)
+        label_dir = self._threshold_labels(ds, src, float(best[src]["tau"]))
         return {"labels": str(label_dir), "tau": float(best[src]["tau"]), "images": len(ds)}
 
     def _seg_train(self, method: str, label_dir: str | None) -> dict:
@@ -499,7 +488,6 @@ class Pipeline:
         return {"model": str(model)}
 
     def _seg_eval(self, method: str) -> dict:
-        from wsss.metrics.evaluate import evaluate_dataset
         from wsss.seg import predict_seg
 
         pcfg = self.cfg["seg"]["predict"]
@@ -511,15 +499,8 @@ class Pipeline:
                                scales=tuple(pcfg["scales"]), flip=bool(pcfg["flip"]), crf=bool(pcfg["crf"]),
                                batch_size=int(pcfg["batch_size"]),
                                progress=self.progress)  # fmt: skip
-            res = evaluate_dataset(pred, ds, bounds=self.ia_bounds(), workers=self.cfg["evaluate"].get("workers", 1),
-                                   progress=self.progress)  # fmt: skip
-            res.update(
-                {"split": split, "method": method, "labels": self.cfg["seg"]["labels"], "num_images": len(ds)}
-            )
-            write_json(self.out / "eval" / f"seg-{method}_{split}.json", res)
-            out[split] = {
-                k: res[k] for k in ("method", "labels", "split", "num_images", *self.SCORES) if k in res
-            }
+            info = {"split": split, "method": method, "labels": self.cfg["seg"]["labels"]}
+            out[split] = self._score(pred, ds, f"seg-{method}_{split}", info, ("method", "labels", "split"))
         return out
 
     # ------------------------------------------------------------------ output

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +36,12 @@ DEFAULT_SCALES = (0.5, 1.0, 1.5, 2.0)
 NORM_EPS = 1e-5
 
 
-def tta_cams(model: nn.Module, images: torch.Tensor, scales: Sequence[float], flip: bool) -> torch.Tensor:
-    """Summed relu'd class maps B×C×H×W of normalised images B×3×H×W (not yet max-normalised).
-
-    ``model(x)`` must return ``(logits, maps)`` like :class:`wsss.models.CamNet`; maps beyond
-    the logits' classes (a background map, stored last) are dropped.
-    """
+def tta_sum(
+    forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, scales: Sequence[float], flip: bool
+) -> tuple[torch.Tensor, int]:
+    """Sum of ``forward`` (B'×K×h×w maps of a B'×3×h×w batch) over scales × flips, each pass
+    un-flipped and resized back to the images' H×W; returns (sum, number of passes). The one
+    test-time augmentation of CAM inference and segmentation prediction."""
     batch, _, height, width = images.shape
     total = None
     for scale in scales:
@@ -53,16 +53,30 @@ def tta_cams(model: nn.Module, images: torch.Tensor, scales: Sequence[float], fl
         )
         if flip:
             x = torch.cat([x, x.flip(-1)])
-        logits, maps = model(x)[:2]
-        # a model with a background map (EPS, SMVWE) returns C+1 maps: keep the C foreground ones
-        maps = torch.relu(maps[:, : logits.shape[1]].float())
+        maps = forward(x)
         if flip:
             maps = maps[:batch] + maps[batch:].flip(-1)
-        maps = F.interpolate(maps, (height, width), mode="bilinear", align_corners=False)
+        if maps.shape[-2:] != (height, width):
+            maps = F.interpolate(maps, (height, width), mode="bilinear", align_corners=False)
         total = maps if total is None else total + maps
     if total is None:
-        raise WsssError("tta_cams: need at least one scale")
-    return total
+        raise WsssError("test-time augmentation needs at least one scale")
+    return total, len(scales) * (2 if flip else 1)
+
+
+def tta_cams(model: nn.Module, images: torch.Tensor, scales: Sequence[float], flip: bool) -> torch.Tensor:
+    """Summed relu'd class maps B×C×H×W of normalised images B×3×H×W (not yet max-normalised).
+
+    ``model(x)`` must return ``(logits, maps)`` like :class:`wsss.models.CamNet`; maps beyond
+    the logits' classes (a background map, stored last) are dropped.
+    """
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        logits, maps = model(x)[:2]
+        # a model with a background map (EPS, SMVWE) returns C+1 maps: keep the C foreground ones
+        return torch.relu(maps[:, : logits.shape[1]].float())
+
+    return tta_sum(forward, images, scales, flip)[0]
 
 
 def normalize_present(cams: torch.Tensor, keys: np.ndarray) -> torch.Tensor:
@@ -72,7 +86,7 @@ def normalize_present(cams: torch.Tensor, keys: np.ndarray) -> torch.Tensor:
     return kept / (kept.amax(dim=(1, 2), keepdim=True) + NORM_EPS)
 
 
-def _batches_of_equal_size(dataset: Dataset, ids: list[str], batch_size: int) -> list[list[str]]:
+def batches_of_equal_size(dataset: Dataset, ids: list[str], batch_size: int) -> list[list[str]]:
     """Group ids by image size (header reads only), keeping the order within a size."""
     groups: dict[tuple[int, int], list[str]] = {}
     for image_id in ids:
@@ -130,7 +144,7 @@ def infer_cams(
         std = torch.tensor(model.meta_info["std"], device=dev).view(1, 3, 1, 1) * 255.0
         bar = tqdm(total=len(todo), desc="infer cams", unit="img", disable=not progress, dynamic_ncols=True)
         with torch.inference_mode():
-            for chunk in _batches_of_equal_size(dataset, todo, batch_size):
+            for chunk in batches_of_equal_size(dataset, todo, batch_size):
                 pixels = np.stack([dataset.image(i) for i in chunk])
                 images = torch.from_numpy(pixels).to(dev).permute(0, 3, 1, 2).float()
                 cams = tta_cams(model, (images - mean) / std, scales, flip)

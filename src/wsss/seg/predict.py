@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from wsss.cam.infer import _batches_of_equal_size
+from wsss.cam.infer import batches_of_equal_size, tta_sum
 from wsss.data.base import Dataset
 from wsss.io import (
     WsssError,
@@ -45,27 +44,7 @@ DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
 def tta_probs(model: nn.Module, images: torch.Tensor, scales: Sequence[float], flip: bool) -> torch.Tensor:
     """Class probabilities B×K×H×W of normalised images B×3×H×W: the softmax averaged over
     scales × flips, each pass taken back to the image's frame and size."""
-    batch, _, height, width = images.shape
-    total = None
-    passes = 0
-    for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        x = (
-            images
-            if size == (height, width)
-            else F.interpolate(images, size, mode="bilinear", align_corners=False)
-        )
-        if flip:
-            x = torch.cat([x, x.flip(-1)])
-        probs = torch.softmax(model(x).float(), dim=1)
-        if flip:
-            probs = probs[:batch] + probs[batch:].flip(-1)
-        if probs.shape[-2:] != (height, width):
-            probs = F.interpolate(probs, (height, width), mode="bilinear", align_corners=False)
-        total = probs if total is None else total + probs
-        passes += 2 if flip else 1
-    if total is None:
-        raise WsssError("tta_probs: need at least one scale")
+    total, passes = tta_sum(lambda x: torch.softmax(model(x).float(), dim=1), images, scales, flip)
     return total / passes
 
 
@@ -126,7 +105,7 @@ def predict_seg(
     counts = np.zeros(dataset.num_classes, dtype=np.int64)  # predicted pixels per class
     bar = tqdm(total=len(todo), desc="predict seg", unit="img", disable=not progress, dynamic_ncols=True)
     with torch.inference_mode():
-        for chunk in _batches_of_equal_size(dataset, todo, batch_size):
+        for chunk in batches_of_equal_size(dataset, todo, batch_size):
             pixels = np.stack([dataset.image(i) for i in chunk])
             images = torch.from_numpy(pixels).to(dev).permute(0, 3, 1, 2).float()
             probs = tta_probs(model, (images - mean) / std, scales, flip).cpu().numpy()
