@@ -3,6 +3,10 @@ so every stage's tests can run on data whose ground truth is known exactly."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +52,52 @@ def make_voc_like(root: Path, n: int = 12, size: int = 64, num_fg: int = 3, seed
     return root
 
 
+# One torch intra-op thread for every in-process test and every subprocess (`wsss …`, torchrun),
+# whatever OMP_NUM_THREADS, the CPU affinity (taskset) or an earlier test set: runs compared byte
+# for byte (resume, `wsss bed` in and out of process) are deterministic only for a fixed thread
+# count, and no verdict may depend on the machine's. One thread is also by far the fastest on 2
+# busy cores: OpenMP threads that wait for a core spin (`wsss run tiny`: 32 s with 1, up to 130 s
+# with 2 while other work runs). WSSS_TEST_THREADS=2 runs the suite with 2, to check tolerances.
+TEST_THREADS = int(os.environ.get("WSSS_TEST_THREADS", "1"))
+os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)  # inherited by every subprocess the tests start
+
+
+def _pin_threads() -> None:
+    import torch
+
+    if torch.get_num_threads() != TEST_THREADS:
+        torch.set_num_threads(TEST_THREADS)
+
+
+def pytest_collection_finish(session) -> None:
+    _pin_threads()  # after the test modules are imported, before any fixture trains anything
+
+
+@pytest.fixture(autouse=True)
+def _pinned_threads():
+    """Every test starts, and leaves the next one (and its module fixtures), with TEST_THREADS."""
+    _pin_threads()
+    yield
+    _pin_threads()
+
+
 @pytest.fixture(scope="session")
 def voc_like(tmp_path_factory) -> Path:
     """A 12-image, 64×64, 3-class dataset (kind ``synthetic``), shared read-only."""
     return make_voc_like(tmp_path_factory.mktemp("voc_like"))
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(folder: Path):
+    """Another live process holds ``folder``'s wsss lock while the block runs; yields its pid."""
+    code = (
+        "import time\nfrom pathlib import Path\nfrom wsss.stage import folder_lock\n"
+        f"with folder_lock(Path({str(folder)!r})):\n    print('held', flush=True)\n    time.sleep(120)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

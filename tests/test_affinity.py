@@ -32,8 +32,6 @@ from wsss.pseudo.affinity import (
 )
 from wsss.pseudo.random_walk import refine_cams
 
-torch.set_num_threads(2)
-
 
 # --------------------------------------------------------------------------- labels
 def _two_boxes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

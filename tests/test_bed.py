@@ -1,6 +1,7 @@
 """`wsss bed`: config errors, cell order and the classifier dependency, shard partitions, tidy
 rows and Table 1 against the cells' own eval JSONs, resume after SIGKILL, shards + merge, and a
-user-submitted CAM folder as a method. The runs use 2 methods × 2 seeds of a 32-image dataset."""
+user-submitted CAM folder as a method. The runs use 2 methods × 2 seeds of a 16 + 8-image dataset
+(2 CAM training steps per cell: the bed's bookkeeping is under test, not the numbers)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cli_helpers import wsss_in_process, wsss_process
 
 from wsss.bench.bed import Bed, build_tables, load_bed_config, run_bed, tables_markdown
 from wsss.io import WsssError, read_json
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread_per_cell():
+    """Beds run here (run_bed) and in `wsss bed` subprocesses (ENV) are compared byte for byte, and
+    a bed's numbers are deterministic only for a fixed number of torch threads per cell (its
+    docstring): the budget run_bed divides among its cells is capped by OMP_NUM_THREADS, so 1
+    everywhere, in this process, its spawned workers (--jobs 2) and the subprocesses alike."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
 
 
 def tiny_bed(out: Path, **changes) -> dict:
@@ -32,13 +45,18 @@ def tiny_bed(out: Path, **changes) -> dict:
         "base": "tiny",
         "data": {
             "kind": "synthetic",
-            "synth": {"preset": "tiny", "num_train": 32, "num_val": 16},
+            "synth": {"preset": "tiny", "num_train": 16, "num_val": 8},
             "eval_splits": ["train", "val"],
         },
         "methods": {"cam": {"method": "cam"}, "cam-ls": {"method": "cam", "train": {"label_smoothing": 0.1}}},
         "saliency": ["none", "good", "poor"],
         "seeds": [0, 1],
-        "set": ["cam.train.epochs=1", "pseudo.taus=[0.1,0.25,0.4]", "cam.infer.flip=false"],
+        "set": [
+            "cam.train.epochs=1",
+            "cam.train.batch_size=8",
+            "pseudo.taus=[0.1,0.25,0.4]",
+            "cam.infer.flip=false",
+        ],
     }
     cfg.update(changes)
     return cfg
@@ -50,9 +68,7 @@ def write_cfg(path: Path, cfg: dict) -> Path:
 
 
 def wsss(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "wsss", *args], capture_output=True, text=True, timeout=600, env=ENV, cwd=cwd
-    )
+    return wsss_process(*args, cwd=cwd, env=ENV)
 
 
 def comparable(rows: list[dict]) -> str:
@@ -148,13 +164,14 @@ def test_submitted_cams_give_one_cell_unless_per_seed(tmp_path):
     ]
 
 
-def test_builtin_bed_demo_loads_and_dry_run_lists_nine_cells(tmp_path):
+def test_builtin_bed_demo_loads_and_dry_run_lists_nine_cells(tmp_path, monkeypatch):
     bed = Bed("bed_demo")
     assert {c.method for c in bed.cells} == {"cam", "puzzle", "eps"} and len(bed.cells) == 9
     assert bed.sources == ["none", "poor", "good", "spectral-residual", "c2am-h"]
     cfg = bed.cells[0].config
     assert set(cfg["saliency"]) == {"spectral-residual", "c2am-h"} and cfg["cam"]["train"]["epochs"] == 4
-    proc = wsss("bed", "bed_demo", "--dry-run", cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    proc = wsss_in_process("bed", "bed_demo", "--dry-run")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [ln for ln in proc.stdout.splitlines() if re.match(r"^\s*\d+\s+\S+/seed\d+\s", ln)]
     assert len(lines) == 9 and "eps/seed2" in lines[-1]
@@ -225,7 +242,7 @@ def beds(tmp_path_factory) -> dict:
         "results_after_kill": (killed / "results.json").exists(),
         "second_done_at_kill": (killed / "cells" / "cam" / "seed1" / "run.json").exists(),
     }
-    rerun = wsss("bed", str(cfg_path), "--quiet")
+    rerun = wsss_in_process("bed", str(cfg_path), "--quiet")  # the same command, minus 5-10 s of imports
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     clean = tmp / "clean"
     run_bed(tiny_bed(clean), progress=False)
@@ -284,7 +301,7 @@ def test_shards_then_merge_equal_one_run(beds, tmp_path):
     assert (a / "run.shard0of2.json").is_file() and not (a / "results.json").exists()
     assert sorted(p.name for p in (a / "cells").glob("*/*")) == ["seed0", "seed0"]
     cfg_a = write_cfg(tmp_path / "a.yaml", tiny_bed(a))
-    proc = wsss("bed", str(cfg_a), "--merge")  # machine b's cells are not here yet
+    proc = wsss_in_process("bed", str(cfg_a), "--merge")  # machine b's cells are not here yet
     assert proc.returncode != 0 and "cam/seed1" in proc.stderr and "cam-ls/seed1" in proc.stderr
     partial = run_bed(tiny_bed(a), merge=True, allow_missing=True, progress=False)
     assert len(partial["rows"]) == 12

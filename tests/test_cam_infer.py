@@ -20,8 +20,6 @@ from wsss.data.base import Dataset
 from wsss.io import WsssError, load_cam, save_cam, save_image
 from wsss.models import CamNet, save_cam_model
 
-torch.set_num_threads(2)
-
 
 class LeftHalfModel(nn.Module):
     """Maps = input channels, but only the left half of the image is ever seen."""
@@ -86,18 +84,20 @@ def _reference_tta(model: nn.Module, image_hwc: np.ndarray, scales, flip: bool) 
 
 
 def test_batched_multiscale_tta_matches_a_per_image_reference():
-    model = StridedConvModel().eval()
+    # float64 network and reference: the batched and the one-image convolutions then agree on
+    # any CPU; what is left is tta_cams' float32 maps (measured 1.5e-7 relative)
+    model = StridedConvModel().double().eval()
     rng = np.random.default_rng(1)
-    images = rng.normal(size=(3, 24, 32, 3)).astype(np.float32)
+    images = rng.normal(size=(3, 24, 32, 3))
     scales = (0.5, 1.0, 1.5, 2.0)
     with torch.no_grad():
         batched = tta_cams(
             model, torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), scales, flip=True
         ).numpy()
     for b in range(3):
-        np.testing.assert_allclose(
-            batched[b], _reference_tta(model, images[b], scales, True), rtol=1e-4, atol=1e-4
-        )
+        reference = _reference_tta(model, images[b], scales, True)
+        atol = 1e-5 * np.abs(reference).max()  # the sums reach ~10; a misplaced view is off by ~1
+        np.testing.assert_allclose(batched[b], reference, rtol=1e-5, atol=atol)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_existing_outputs_are_skipped(voc_like, model_path, tmp_path):
 def test_resuming_with_other_settings_is_refused_before_writing(voc_like, model_path, tmp_path):
     ds = build_dataset("synthetic", voc_like, "train")
     infer_cams(ds, model_path, tmp_path, scales=(1.0,), flip=False, progress=False, ids=ds.ids[:2])
-    with pytest.raises(WsssError, match=r"settings\.json: .*scales=\[1\.0\] \(now \[1\.0, 2\.0\]\)"):
+    with pytest.raises(WsssError, match=r"settings\.json: .*scales: \[1\.0\] → \[1\.0, 2\.0\]"):
         infer_cams(ds, model_path, tmp_path, scales=(1.0, 2.0), flip=False, progress=False)
     assert len(list(tmp_path.glob("*.npz"))) == 2
 

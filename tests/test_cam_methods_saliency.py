@@ -22,8 +22,6 @@ from wsss.data import build_dataset
 from wsss.io import WsssError, load_cam, save_image, save_saliency
 from wsss.models.cam_net import CamNet, load_cam_model
 
-torch.set_num_threads(2)
-
 
 def small_config(**overrides) -> CamTrainConfig:
     base = dict(

@@ -17,8 +17,6 @@ from wsss.cam.data import EpochSampler, random_crop_pad
 from wsss.data import build_dataset
 from wsss.io import WsssError
 
-torch.set_num_threads(2)
-
 
 def small_config(**overrides) -> CamTrainConfig:
     base = dict(
@@ -114,12 +112,23 @@ def test_outputs_skip_and_config_mismatch(train_set, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "train_log.csv")))
     assert list(rows[0])[:5] == ["step", "epoch", "loss", "lr", "time"] and len(rows) == 2
     mtime = path.stat().st_mtime_ns
-    assert train_cam(train_set, tmp_path, small_config(epochs=7), progress=False) == path  # finished: skipped
+    assert train_cam(train_set, tmp_path, cfg, progress=False) == path  # finished, same settings: reused
     assert path.stat().st_mtime_ns == mtime
-    # a checkpoint written with other settings is not silently resumed
+    # a finished model trained with other settings is refused and left as it is
+    other = small_config(optimizer="adamw", lr=1e-3, epochs=2)
+    settings = re.escape(str(tmp_path / "settings.json"))
+    with pytest.raises(WsssError, match=settings + r".*config\.epochs: 1 → 2.*--force"):
+        train_cam(train_set, tmp_path, other, progress=False)
+    assert path.stat().st_mtime_ns == mtime
+    # a checkpoint written with other settings is not silently resumed, even without the folder record
     path.unlink()
+    (tmp_path / "settings.json").unlink()
     with pytest.raises(WsssError, match=re.escape(str(tmp_path / "checkpoint.pt")) + ".*epochs: 1 → 2"):
-        train_cam(train_set, tmp_path, small_config(optimizer="adamw", lr=1e-3, epochs=2), progress=False)
+        train_cam(train_set, tmp_path, other, progress=False)
+    # force: the folder is emptied and trained again with the new settings
+    assert train_cam(train_set, tmp_path, other, progress=False, force=True) == path
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["epochs"] == 2
+    assert list(csv.DictReader(open(tmp_path / "train_log.csv")))[-1]["step"] == "4"  # 2 epochs × 2 steps
 
 
 def test_config_yaml_round_trip_and_validation():

@@ -1,4 +1,4 @@
-"""Dense CRF (METHODS.md §3): edge snapping on a two-region image, ignore pixels, the softmax
+"""Dense CRF (docs/methods.md §3): edge snapping on a two-region image, ignore pixels, the softmax
 variant, parameter pass-through and input validation."""
 
 from __future__ import annotations

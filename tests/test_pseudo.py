@@ -203,8 +203,20 @@ def test_stage_refuses_to_mix_settings(stage_setup, tmp_path):
     out = tmp_path / "pseudo"
     make_pseudo_labels(ds, cam_dir, out, 0.6, progress=False)
     (out / "run.json").unlink()  # as if the first run had been killed before its record
-    with pytest.raises(WsssError, match=r"settings\.json: .*tau=0\.6 \(now 0\.4\)"):
+    with pytest.raises(
+        WsssError,
+        match=r"pseudo/settings\.json: this folder holds pseudo outputs .*tau: 0\.6 → 0\.4.*--force",
+    ):
         make_pseudo_labels(ds, cam_dir, out, 0.4, progress=False)
+    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    make_pseudo_labels(ds, cam_dir, out, 0.4, progress=False, force=True)  # recomputes every label
+    after = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    assert (
+        set(after) == set(before)
+        and json.loads((out / "settings.json").read_text())["settings"]["tau"] == 0.4
+    )
+    fresh = make_pseudo_labels(ds, cam_dir, tmp_path / "fresh", 0.4, progress=False)
+    assert after == {p.name: p.read_bytes() for p in fresh.glob("*.png")}
 
 
 def test_stage_shards_cover_the_split_once(stage_setup, tmp_path):

@@ -20,8 +20,6 @@ from wsss.pseudo.random_walk import (
 )
 from wsss.pseudo.threshold import make_pseudo_labels
 
-torch.set_num_threads(2)
-
 
 def test_affinity_matrix_without_edges_is_the_neighbourhood_by_hand():
     # radius 2 reaches the 8 neighbours (dy² + dx² < 4); no edge → affinity 1 → A = adjacency + I
@@ -97,7 +95,10 @@ def test_dense_squaring_and_sparse_iteration_agree():
     cams = torch.rand(3, 12, 14)
     dense = random_walk(cams, edge, num_squarings=5, radius=4, mode="dense")
     sparse = random_walk(cams, edge, num_squarings=5, radius=4, mode="sparse")
-    torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=1e-6)
+    # the walk is float32 (32 sparse steps against 5 dense squarings): measured 1.3e-5 of the
+    # largest value apart; one walk step more or less (T^31 vs T^32) moves them by 9e-3 of it
+    atol = 1e-4 * float(dense.abs().max())
+    torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=atol)
 
 
 def test_bad_walk_inputs_are_refused():

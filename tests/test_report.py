@@ -41,17 +41,10 @@ FAST = [
 def tiny_run(tmp_path_factory) -> Path:
     """The built-in `tiny` config run to the end (CAMs, built saliency sources, pseudo labels and,
     when the config has stage 4, the segmentation network's predictions)."""
-    import torch
-
     from wsss.pipeline import run_pipeline
 
     out = tmp_path_factory.mktemp("report") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared: one thread, like OMP_NUM_THREADS=1
-    try:
-        run_pipeline("tiny", overrides=FAST, out=str(out), progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    run_pipeline("tiny", overrides=FAST, out=str(out), progress=False)  # one thread: see conftest
     return out
 
 

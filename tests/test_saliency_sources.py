@@ -93,19 +93,24 @@ def test_folder_round_trip_provenance_and_resume(ds, tmp_path):
     assert prov["num_maps"] == len(ds.ids)
     assert (out / "run.json").is_file() and (out / "settings.json").is_file()
 
-    # resume: existing outputs are neither recomputed nor rewritten, even if the inputs changed
+    # resume: existing outputs are neither recomputed nor rewritten while the inputs are unchanged
     first = ds.ids[0]
     before = (out / f"{first}.png").stat()
-    save_saliency(tmp_path / "maps" / f"{first}.png", 255 - maps[first])
-    make_saliency(
-        FolderSource(dir=str(tmp_path / "maps"), detector="PoolNet", trained_on="DUTS-TR", notes="WSSS-BED"),
-        ds,
-        out,
-        progress=False,
+    again = FolderSource(
+        dir=str(tmp_path / "maps"), detector="PoolNet", trained_on="DUTS-TR", notes="WSSS-BED"
     )
+    make_saliency(again, ds, out, progress=False)
     after = (out / f"{first}.png").stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # a changed input map: refused (naming the file), nothing rewritten; --force recomputes
+    save_saliency(tmp_path / "maps" / f"{first}.png", 255 - maps[first])
+    with pytest.raises(
+        WsssError, match=rf"1 of {len(ds.ids)} files in .*maps changed .*{first}\.png.*--force"
+    ):
+        make_saliency(again, ds, out, progress=False)
     np.testing.assert_array_equal(_png_u8(out / f"{first}.png"), maps[first])
+    make_saliency(again, ds, out, progress=False, force=True)
+    np.testing.assert_array_equal(_png_u8(out / f"{first}.png"), 255 - maps[first])
 
     # another folder into the same output: the settings guard stops it before anything is written
     _write_maps(tmp_path / "other", ds, seed=1)
@@ -176,8 +181,10 @@ def test_folder_missing_and_ambiguous_maps(ds, tmp_path):
 
 def test_folder_refuses_to_import_into_itself(ds, tmp_path):
     _write_maps(tmp_path / "maps", ds)
-    with pytest.raises(WsssError, match="is the folder being imported"):
+    before = sorted(p.name for p in (tmp_path / "maps").iterdir())
+    with pytest.raises(WsssError, match="the output folder is the input dir"):
         make_saliency(FolderSource(dir=str(tmp_path / "maps")), ds, tmp_path / "maps", progress=False)
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == before
 
 
 def test_read_saliency_map_modes(tmp_path):

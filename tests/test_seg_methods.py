@@ -12,8 +12,6 @@ from wsss.io import IGNORE, WsssError, save_label
 from wsss.seg import SegTrainConfig, train_seg
 from wsss.seg.train import build_seg_trainer
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def labels(voc_like, tmp_path_factory):

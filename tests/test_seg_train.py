@@ -24,8 +24,6 @@ from wsss.models.seg_net import load_seg_model
 from wsss.seg.predict import predict_seg, tta_probs
 from wsss.seg.train import SegTrainConfig, SegTrainData, SegTrainer, build_seg_trainer, train_seg
 
-torch.set_num_threads(1)  # the shared 2 cores are busy: a second thread mostly waits for the first
-
 COLOURS = {1: (230, 40, 40), 2: (40, 230, 40), 3: (40, 40, 230)}  # the fixture's class colours
 
 
@@ -90,7 +88,8 @@ def test_interrupted_run_resumes_to_the_same_weights(voc_like, pseudo_dir, tmp_p
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     other = seg_config(pseudo_dir, **cfg, accumulate=1)
     with pytest.raises(
-        WsssError, match=r"checkpoint\.pt: written by a run with a different config \(.*accumulate"
+        WsssError,
+        match=r"resumed/settings\.json: this folder holds seg_train outputs .*config\.accumulate: 2 → 1",
     ):
         build_seg_trainer(train_set, tmp_path / "resumed", other, progress=False).train()
     resumed = build_seg_trainer(
@@ -115,15 +114,20 @@ def _without_batchnorm(module: nn.Module) -> None:
 
 
 class GradientProbe(SegTrainer):
+    """In float64: float32 sums over a batch and over its micro-batches round differently, by
+    an amount that depends on the CPU's kernels (4e-6 on another machine); in float64 the
+    gradients agree to ~1e-14 of their largest entry (the loss itself stays float32)."""
+
     def build_models(self) -> None:
         super().build_models()
         _without_batchnorm(self.model)
+        self.model.double()
         self.micro_sizes: list[int] = []
         self.gradients: list[dict[str, torch.Tensor]] = []
 
     def step(self, batch):
         self.micro_sizes.append(batch["image"].shape[0])
-        return super().step(batch)
+        return super().step({**batch, "image": batch["image"].double()})
 
     def on_gradients(self) -> None:
         self.gradients.append({n: p.grad.clone() for n, p in self.model.named_parameters()})
@@ -144,9 +148,12 @@ def test_accumulated_micro_batches_give_the_whole_batch_gradient(voc_like, tmp_p
     loss_1, grads_1 = results[1]
     for accumulate in (2, 4):
         loss_n, grads_n = results[accumulate]
-        assert loss_n == pytest.approx(loss_1, rel=1e-5)
+        assert loss_n == pytest.approx(loss_1, rel=1e-5)  # a float32 mean of positive terms
         for name, g in grads_1.items():
-            torch.testing.assert_close(grads_n[name], g, rtol=1e-3, atol=1e-6, msg=name)
+            # float64: measured 1e-14 of the largest entry; a mis-weighted micro-batch is off by ~1
+            assert grads_n[name].dtype == torch.float64
+            atol = 1e-9 * float(g.abs().max())
+            torch.testing.assert_close(grads_n[name], g, rtol=1e-6, atol=atol, msg=name)
 
 
 def test_labels_follow_the_image_through_flip_crop_and_padding(voc_like, pseudo_dir):
@@ -246,14 +253,19 @@ def test_predict_writes_a_label_png_per_image_resumes_and_evaluates(trained, voc
         and run["config"]["scales"] == [0.75, 1.0]
     )
     assert run["model"]["head"] == "deeplab-v2"
-    # the same TTA from the API gives the written labels
+    # the same TTA from the API gives the written labels: the split's images as one batch, like
+    # predict_seg; should the batches differ, float rounding (~1e-7) may flip a pixel whose two
+    # best classes tie to within that, and only such a pixel
     model = load_seg_model(trained, device="cpu")
-    image = torch.from_numpy(val.image(val.ids[0]).copy()).permute(2, 0, 1)[None].float()
+    images = torch.from_numpy(np.stack([val.image(i) for i in val.ids])).permute(0, 3, 1, 2).float()
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
     with torch.no_grad():
-        direct = tta_probs(model, (image - mean) / std, (0.75, 1.0), True)[0].argmax(0).numpy()
-    assert np.array_equal(direct, preds[val.ids[0]])
+        probs = tta_probs(model, (images - mean) / std, (0.75, 1.0), True)
+    best_two = probs.topk(2, dim=1).values
+    for k, image_id in enumerate(val.ids):
+        differ = probs[k].argmax(0).numpy() != preds[image_id]
+        assert (best_two[k, 0] - best_two[k, 1]).numpy()[differ].max(initial=0.0) < 1e-5, image_id
     # resume: a finished folder is left alone; a missing file is redone, alone
     stamps = {p.name: p.stat().st_mtime_ns for p in pngs}
     (out / f"{val.ids[1]}.png").unlink()
@@ -261,7 +273,8 @@ def test_predict_writes_a_label_png_per_image_resumes_and_evaluates(trained, voc
     assert json.loads((out / "run.json").read_text())["written"] == 1
     assert all(p.stat().st_mtime_ns == stamps[p.name] for p in out.glob("*.png") if p.stem != val.ids[1])
     with pytest.raises(
-        WsssError, match=r"settings\.json: this folder holds seg_predict outputs made with flip"
+        WsssError,
+        match=r"settings\.json: this folder holds seg_predict outputs made with other settings or inputs \(flip: ",
     ):
         predict_seg(val, trained, out, scales=(0.75, 1.0), flip=False, progress=False)
     # evaluation of the predictions: pixel accuracy recomputed here from the PNGs

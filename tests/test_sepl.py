@@ -1,4 +1,4 @@
-"""SEPL (METHODS.md §3): each rule on hand-made labels and masks, an independent loop-based
+"""SEPL (docs/methods.md §3): each rule on hand-made labels and masks, an independent loop-based
 reference on random cases, and the stage end to end with ideal (ground-truth instance) masks."""
 
 from __future__ import annotations

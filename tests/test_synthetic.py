@@ -185,7 +185,7 @@ def test_saliency_quality_is_graded_and_poor_misses_small_objects(tiny):
                 if obj.sum() < bounds[0]:
                     small += 1
                     for s, sal in maps.items():
-                        missed[s] += sal[obj].mean() < 0.2  # METHODS.md binarises saliency at 0.2
+                        missed[s] += sal[obj].mean() < 0.2  # docs/methods.md binarises saliency at 0.2
     assert small >= 10
     assert missed["poor"] >= 0.5 * small > missed["good"]
     iou = {s: inter[s] / union[s] for s in inter}

@@ -7,13 +7,16 @@ maps made by other tools. Bad input ends with one line naming the file.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from wsss.io import WsssError, parse_shard
+from wsss.io import WsssError, describe_error, one_line, parse_shard
 
 app = typer.Typer(
     name="wsss",
@@ -39,7 +42,7 @@ app.add_typer(affinity_app, name="affinity")
 seg_app = typer.Typer(help="Stage 4: train the segmentation network and predict.", no_args_is_help=True)
 app.add_typer(seg_app, name="seg")
 
-DataRoot = Annotated[Path, typer.Option("--data", help="Dataset root folder.")]
+DataRoot = Annotated[Path, typer.Option("--data", help="Dataset root folder.", exists=True, file_okay=False)]
 DataKind = Annotated[str, typer.Option("--dataset", help="Dataset kind: synthetic, voc, coco, folder.")]
 Split = Annotated[
     str, typer.Option("--split", help="Split name (a list under ImageSets/Segmentation for VOC).")
@@ -48,25 +51,111 @@ Shard = Annotated[
     str | None, typer.Option("--shard", help="Process shard i of N ('i/N'); default RANK/WORLD_SIZE.")
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Recompute everything in the output folder, even if it holds outputs made with other settings or inputs.",
+    ),
+]
 Sets = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key: key=value (repeatable).")
 ]
 
 
 def _dataset(root: Path, kind: str, split: str):
-    from wsss.data import build_dataset
+    from wsss.data import DATASETS, build_dataset
 
+    if kind not in DATASETS:
+        raise WsssError(f"--dataset {kind}: unknown dataset kind; known: {', '.join(sorted(DATASETS))}")
     return build_dataset(kind, root, split)
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def _floats(text: str, flag: str = "", positive: bool = False) -> tuple[float, ...]:
+    """``"0.5,1.0"`` → (0.5, 1.0); a bad list is an error naming ``flag``."""
+    where = f"{flag}: " if flag else ""
     try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
+        values = tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise WsssError(f"expected comma-separated numbers, got {text!r}") from None
+        raise WsssError(f"{where}expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise WsssError(f"{where}expected comma-separated finite numbers, got {text!r}")
+    if positive and min(values) <= 0:
+        raise WsssError(f"{where}expected numbers > 0, got {text!r}")
+    return values
 
 
-def _saliency_arg(ds, value: str | None) -> Path | None:
+def _bounds(text: str, flag: str) -> tuple[int, int]:
+    """``"small,medium"`` instance-area bounds in pixels: two integers, 0 < small <= medium."""
+    b = _floats(text, flag)
+    if len(b) != 2 or not all(v == int(v) for v in b) or not 0 < b[0] <= b[1]:
+        raise WsssError(f"{flag} expects two numbers small,medium (whole pixel counts, 0 < small <= medium), "
+                        f"got {text!r}")  # fmt: skip
+    return int(b[0]), int(b[1])
+
+
+def _finite(ctx: typer.Context, param: typer.CallbackParam, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def _positive(ctx: typer.Context, param: typer.CallbackParam, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a number > 0")
+    return value
+
+
+def _open_unit(ctx: typer.Context, param: typer.CallbackParam, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and 0 < value < 1):
+        raise typer.BadParameter(f"{value} is not in the range 0<x<1")
+    return value
+
+
+def _below_one(ctx: typer.Context, param: typer.CallbackParam, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and 0 <= value < 1):
+        raise typer.BadParameter(f"{value} is not in the range 0<=x<1")
+    return value
+
+
+def _out_dir(flag: str, path: str | Path | None) -> None:
+    """An output folder: refused before any work when it, or a folder above it, is a file."""
+    if path is None:
+        return
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if p.is_dir():
+                return
+            if p == path:
+                raise WsssError(f"{flag} {path}: exists and is a file; expected a folder")
+            raise WsssError(f"{flag} {path}: {p} is a file, so no folder can be made below it")
+
+
+def _out_file(flag: str, path: Path | None) -> None:
+    """An output file: refused before any work when it is a folder or sits under a file."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise WsssError(f"{flag} {path}: is a folder; expected a file path to write")
+    _out_dir(flag, path.parent)
+
+
+def _device(flag: str, device: str | None) -> None:
+    """A torch device string that this machine has (checked before any work)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise WsssError(f"{flag} {device}: not a device (cpu, cuda, cuda:1, …): {one_line(str(e))}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise WsssError(f"{flag} {device}: CUDA is not available on this machine; use --device cpu")
+
+
+def _saliency_arg(ds, value: str | None, flag: str = "--saliency") -> Path | None:
     """A folder path, or the name of a source under the dataset's ``saliency/``."""
     if value is None or value == "none":
         return None
@@ -77,7 +166,7 @@ def _saliency_arg(ds, value: str | None) -> Path | None:
     if d.is_dir():
         return d
     raise WsssError(
-        f"{value}: saliency folder not found (neither a folder nor a source in {ds.saliency_dir('')})"
+        f"{flag} {value}: saliency folder not found (neither a folder nor a source in {ds.saliency_dir('')})"
     )
 
 
@@ -86,9 +175,10 @@ def _saliency_arg(ds, value: str | None) -> Path | None:
 def synth(
     out: Annotated[Path, typer.Argument(help="Output folder (VOC layout).")],
     preset: Annotated[str, typer.Option(help="Named preset: tiny or demo.")] = "demo",
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
     shapes: Annotated[
-        Path | None, typer.Option(help="Shape bank: DIR/<class_name>/*.png silhouettes.")
+        Path | None,
+        typer.Option(help="Shape bank: DIR/<class_name>/*.png silhouettes.", exists=True, file_okay=False),
     ] = None,
     sets: Sets = None,
     overwrite: bool = False,
@@ -98,6 +188,7 @@ def synth(
     from wsss.config import apply_overrides
     from wsss.data.synthetic import generate
 
+    _out_dir("OUT", out)
     overrides = apply_overrides({}, sets or [])
     root = generate(
         out, preset, seed=seed, shapes_dir=shapes, progress=not quiet, overwrite=overwrite, **overrides
@@ -113,19 +204,25 @@ def cam_train(
     dataset: DataKind = "synthetic",
     split: Split = "train",
     method: Annotated[str, typer.Option(help="CAM training method.")] = "cam",
-    config: Annotated[Path | None, typer.Option(help="YAML file with CamTrainConfig fields.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file with CamTrainConfig fields.", exists=True, dir_okay=False)
+    ] = None,
     oc: Annotated[
-        Path | None, typer.Option(help="Ordinary classifier (a `cam` run folder or weights).")
+        Path | None, typer.Option(help="Ordinary classifier (a `cam` run folder or weights).", exists=True)
     ] = None,
     saliency: Annotated[str | None, typer.Option(help="Saliency folder or source name (eps, smvwe).")] = None,
-    label_smoothing: Annotated[float | None, typer.Option(help="ε for y' = (1−ε)y + ε/2, e.g. 0.1.")] = None,
+    label_smoothing: Annotated[
+        float | None, typer.Option(help="ε for y' = (1−ε)y + ε/2, e.g. 0.1.", callback=_below_one)
+    ] = None,
     sets: Sets = None,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """Train a CAM network on image-level labels (resumes from out/checkpoint.pt)."""
     from wsss.cam import CamTrainConfig, train_cam
     from wsss.config import apply_overrides, load_yaml
 
+    _out_dir("--out", out)
     values = load_yaml(config) if config else {}
     values = apply_overrides(values, sets or [])
     for key, value in (("oc", oc), ("saliency", saliency), ("label_smoothing", label_smoothing)):
@@ -134,14 +231,14 @@ def cam_train(
     cfg = CamTrainConfig.from_dict(values, source=str(config or "--set"))
     ds = _dataset(data, dataset, split)
     ds.check_labels()
-    path = train_cam(ds, out, cfg, method=method, progress=not quiet)
+    path = train_cam(ds, out, cfg, method=method, progress=not quiet, force=force)
     typer.echo(f"weights: {path}")
 
 
 @cam_app.command("infer")
 def cam_infer(
     data: DataRoot,
-    model: Annotated[Path, typer.Option(help="Training output folder or weights file.")],
+    model: Annotated[Path, typer.Option(help="Training output folder or weights file.", exists=True)],
     out: Annotated[Path, typer.Option(help="Folder for <id>.npz CAMs.")],
     dataset: DataKind = "synthetic",
     split: Split = "train",
@@ -152,13 +249,17 @@ def cam_infer(
         str | None, typer.Option(help="cpu, cuda, cuda:1… (default: cuda if available).")
     ] = None,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """Infer CAMs with test-time augmentation (skips images already done)."""
     from wsss.cam import infer_cams
 
+    _out_dir("--out", out)
+    _device("--device", device)
+    scale_list, shard_ = _floats(scales, "--scales", positive=True), parse_shard(shard)
     ds = _dataset(data, dataset, split)
-    infer_cams(ds, model, out, scales=_floats(scales), flip=flip, shard=parse_shard(shard), device=device,
-               progress=not quiet)  # fmt: skip
+    infer_cams(ds, model, out, scales=scale_list, flip=flip, shard=shard_, device=device,
+               progress=not quiet, force=force)  # fmt: skip
     typer.echo(f"CAMs in {out}")
 
 
@@ -174,7 +275,10 @@ def saliency_make(
     dataset: DataKind = "synthetic",
     split: Split = "train",
     from_dir: Annotated[
-        Path | None, typer.Option("--from", help="folder: the detector's maps (matched by stem).")
+        Path | None,
+        typer.Option(
+            "--from", help="folder: the detector's maps (matched by stem).", exists=True, file_okay=False
+        ),
     ] = None,
     detector: Annotated[
         str | None, typer.Option(help="folder: which detector made them (provenance).")
@@ -182,15 +286,24 @@ def saliency_make(
     trained_on: Annotated[
         str | None, typer.Option(help="folder: the detector's training set (provenance).")
     ] = None,
-    cams: Annotated[Path | None, typer.Option(help="c2am-h: CAM folder of the training images.")] = None,
+    cams: Annotated[
+        Path | None,
+        typer.Option(help="c2am-h: CAM folder of the training images.", exists=True, file_okay=False),
+    ] = None,
     cue: Annotated[
         float | None,
-        typer.Option(help="Write a binary background cue: map > CUE, then dense CRF if installed."),
+        typer.Option(
+            help="Write a binary background cue: map > CUE, then dense CRF if installed.",
+            min=0.0,
+            max=1.0,
+            callback=_finite,
+        ),
     ] = None,
     crf: Annotated[bool, typer.Option(help="With --cue: refine the cut with a dense CRF.")] = True,
     sets: Sets = None,
     shard: Shard = None,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """Write saliency maps (8-bit PNG, 255 = salient) with a provenance record; resumes.
 
@@ -200,6 +313,8 @@ def saliency_make(
     from wsss.config import apply_overrides
     from wsss.saliency import build_saliency_source, make_saliency
 
+    _out_dir("--out", out)
+    shard_ = parse_shard(shard)
     options = apply_overrides({}, sets or [])
     for key, value in (("dir", from_dir), ("detector", detector), ("trained_on", trained_on), ("cams", cams)):
         if value is not None:
@@ -210,7 +325,7 @@ def saliency_make(
         name = source if source != "folder" else (detector or (from_dir.name if from_dir else source))
         out = ds.saliency_dir(name)
     cue_opts = None if cue is None else {"threshold": cue, "crf": crf}
-    make_saliency(src, ds, out, shard=parse_shard(shard), cue=cue_opts, progress=not quiet)
+    make_saliency(src, ds, out, shard=shard_, cue=cue_opts, progress=not quiet, force=force)
     typer.echo(f"saliency maps in {out}")
 
 
@@ -222,7 +337,11 @@ def saliency_eval(
     split: Split = "train",
     gt: Annotated[
         Path | None,
-        typer.Option(help="Ground-truth saliency PNGs (> 0.5 = salient); default: GT labels > 0."),
+        typer.Option(
+            help="Ground-truth saliency PNGs (> 0.5 = salient); default: GT labels > 0.",
+            exists=True,
+            file_okay=False,
+        ),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
     quiet: Quiet = False,
@@ -231,8 +350,9 @@ def saliency_eval(
     from wsss.io import write_json
     from wsss.saliency.metrics import evaluate_saliency
 
+    _out_file("--json", json_out)
     ds = _dataset(data, dataset, split)
-    res = evaluate_saliency(_saliency_arg(ds, pred), ds, gt_dir=gt, progress=not quiet)
+    res = evaluate_saliency(_saliency_arg(ds, pred, "PRED"), ds, gt_dir=gt, progress=not quiet)
     typer.echo(
         f"{pred} on {split} ({res['num_images']} images): MAE {res['mae']:.4f}  "
         f"max-F {res['max_f']:.4f}  IoU@0.5 {res['iou']:.4f}"
@@ -245,25 +365,32 @@ def saliency_eval(
 @app.command()
 def pseudo(
     data: DataRoot,
-    cams: Annotated[Path, typer.Option(help="CAM folder (.npz, IRN .npy or WSSS-BED PNGs).")],
+    cams: Annotated[
+        Path, typer.Option(help="CAM folder (.npz, IRN .npy or WSSS-BED PNGs).", exists=True, file_okay=False)
+    ],
     out: Annotated[Path, typer.Option(help="Folder for <id>.png pseudo labels.")],
-    tau: Annotated[float, typer.Option(help="CAM threshold τ.")],
+    tau: Annotated[float, typer.Option(help="CAM threshold τ.", min=0.0, max=1.0, callback=_finite)],
     dataset: DataKind = "synthetic",
     split: Split = "train",
     saliency: Annotated[
         str | None, typer.Option(help="Saliency folder or source name; omit for none.")
     ] = None,
-    sal_threshold: Annotated[float, typer.Option(help="Saliency binarisation threshold.")] = 0.2,
+    sal_threshold: Annotated[
+        float, typer.Option(help="Saliency binarisation threshold.", min=0.0, max=1.0, callback=_finite)
+    ] = 0.2,
     ignore_salient_bg: Annotated[bool, typer.Option(help="Salient pixels left as background → 255.")] = True,
     shard: Shard = None,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """Pseudo labels by threshold (+ saliency): seed 000's Algorithm 1."""
     from wsss.pseudo.threshold import make_pseudo_labels
 
+    _out_dir("--out", out)
+    shard_ = parse_shard(shard)
     ds = _dataset(data, dataset, split)
     make_pseudo_labels(ds, cams, out, tau, saliency_dir=_saliency_arg(ds, saliency), sal_threshold=sal_threshold,
-                       ignore_salient_bg=ignore_salient_bg, shard=parse_shard(shard), progress=not quiet)  # fmt: skip
+                       ignore_salient_bg=ignore_salient_bg, shard=shard_, progress=not quiet, force=force)  # fmt: skip
     typer.echo(f"pseudo labels in {out}")
 
 
@@ -271,14 +398,23 @@ def pseudo(
 def refine_crf(
     data: DataRoot,
     out: Annotated[Path, typer.Option(help="Folder for the refined <id>.png label maps.")],
-    labels: Annotated[Path | None, typer.Option(help="Pseudo-label folder to refine (label CRF).")] = None,
-    cams: Annotated[Path | None, typer.Option(help="CAM folder to refine (softmax-variant CRF).")] = None,
-    tau: Annotated[float | None, typer.Option(help="With --cams: the background score τ.")] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Pseudo-label folder to refine (label CRF).", exists=True, file_okay=False),
+    ] = None,
+    cams: Annotated[
+        Path | None,
+        typer.Option(help="CAM folder to refine (softmax-variant CRF).", exists=True, file_okay=False),
+    ] = None,
+    tau: Annotated[
+        float | None, typer.Option(help="With --cams: the background score τ.", callback=_open_unit)
+    ] = None,
     dataset: DataKind = "synthetic",
     split: Split = "train",
     sets: Sets = None,
     shard: Shard = None,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """Dense CRF (gt_prob 0.7, Gaussian 3/3, bilateral 50/5/10, 10 iterations; change with
     --set bi_sxy=80 …) on pseudo labels or on CAMs; resumes."""
@@ -286,85 +422,120 @@ def refine_crf(
     from wsss.pseudo.crf import CrfParams
     from wsss.pseudo.refine_crf import crf_refine
 
-    params = CrfParams.from_dict(apply_overrides({}, sets or []))
+    _out_dir("--out", out)
+    params = CrfParams.from_dict(apply_overrides({}, sets or []), source="--set")
+    if (labels is None) == (cams is None):
+        raise WsssError(
+            "wsss refine crf: give exactly one of --labels DIR (label CRF) or --cams DIR (with --tau)"
+        )
+    if cams is not None and tau is None:
+        raise WsssError("wsss refine crf: --cams needs --tau (the background score, in (0, 1))")
+    shard_ = parse_shard(shard)
     ds = _dataset(data, dataset, split)
-    crf_refine(ds, out, labels_dir=labels, cam_dir=cams, tau=tau, params=params, shard=parse_shard(shard),
-               progress=not quiet)  # fmt: skip
+    crf_refine(ds, out, labels_dir=labels, cam_dir=cams, tau=tau, params=params, shard=shard_,
+               progress=not quiet, force=force)  # fmt: skip
     typer.echo(f"refined labels in {out}")
 
 
 @affinity_app.command("labels")
 def affinity_labels(
     data: DataRoot,
-    cams: Annotated[Path, typer.Option(help="CAM folder.")],
+    cams: Annotated[Path, typer.Option(help="CAM folder.", exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option(help="Folder for <id>.png affinity labels (255 = uncertain).")],
     dataset: DataKind = "synthetic",
     split: Split = "train",
     mode: Annotated[str, typer.Option(help="classic (IRN) or saliency (seed 001).")] = "classic",
     saliency: Annotated[str | None, typer.Option(help="mode saliency: folder or source name.")] = None,
-    fg_threshold: Annotated[float, typer.Option(help="classic: background score of the fg pass.")] = 0.30,
-    bg_threshold: Annotated[float, typer.Option(help="classic: background score of the bg pass.")] = 0.05,
-    sal_threshold: Annotated[float, typer.Option(help="saliency: salient where S > this.")] = 0.10,
-    cam_threshold: Annotated[float, typer.Option(help="saliency: class where CAM > this.")] = 0.40,
+    fg_threshold: Annotated[
+        float,
+        typer.Option(help="classic: background score of the fg pass.", min=0.0, max=1.0, callback=_finite),
+    ] = 0.30,
+    bg_threshold: Annotated[
+        float,
+        typer.Option(help="classic: background score of the bg pass.", min=0.0, max=1.0, callback=_finite),
+    ] = 0.05,
+    sal_threshold: Annotated[
+        float, typer.Option(help="saliency: salient where S > this.", min=0.0, max=1.0, callback=_finite)
+    ] = 0.10,
+    cam_threshold: Annotated[
+        float, typer.Option(help="saliency: class where CAM > this.", min=0.0, max=1.0, callback=_finite)
+    ] = 0.40,
     crf: Annotated[bool, typer.Option(help="Refine each pass with the dense CRF.")] = True,
     shard: Shard = None,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """Affinity labels from CAMs: confident foreground, confident background, uncertain (255)."""
     from wsss.pseudo.affinity import make_affinity_labels
 
+    _out_dir("--out", out)
+    if mode not in ("classic", "saliency"):
+        raise WsssError(f"--mode {mode}: expected classic or saliency")
+    if mode == "saliency" and saliency is None:
+        raise WsssError("--mode saliency needs --saliency (a folder or a source name)")
+    shard_ = parse_shard(shard)
     ds = _dataset(data, dataset, split)
     make_affinity_labels(ds, cams, out, mode=mode, saliency_dir=_saliency_arg(ds, saliency),
                          fg_threshold=fg_threshold, bg_threshold=bg_threshold, sal_threshold=sal_threshold,
-                         cam_threshold=cam_threshold, crf=crf, shard=parse_shard(shard),
-                         progress=not quiet)  # fmt: skip
+                         cam_threshold=cam_threshold, crf=crf, shard=shard_,
+                         progress=not quiet, force=force)  # fmt: skip
     typer.echo(f"affinity labels in {out}")
 
 
 @affinity_app.command("train")
 def affinity_train(
     data: DataRoot,
-    labels: Annotated[Path, typer.Option(help="Affinity-label folder (wsss affinity labels).")],
+    labels: Annotated[
+        Path, typer.Option(help="Affinity-label folder (wsss affinity labels).", exists=True, file_okay=False)
+    ],
     out: Annotated[Path, typer.Option(help="Output folder for checkpoints and weights.")],
     dataset: DataKind = "synthetic",
     split: Split = "train",
-    config: Annotated[Path | None, typer.Option(help="YAML file with CamTrainConfig fields.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file with CamTrainConfig fields.", exists=True, dir_okay=False)
+    ] = None,
     sets: Sets = None,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """Train the affinity (edge) network on pixel pairs within radius 10 at 1/4 resolution; resumes."""
     from wsss.cam import CamTrainConfig
     from wsss.config import apply_overrides, load_yaml
     from wsss.pseudo.affinity import train_affinity
 
+    _out_dir("--out", out)
     values = apply_overrides(load_yaml(config) if config else {}, sets or [])
     cfg = CamTrainConfig.from_dict(values, source=str(config or "--set"))
-    path = train_affinity(_dataset(data, dataset, split), labels, out, cfg, progress=not quiet)
+    path = train_affinity(_dataset(data, dataset, split), labels, out, cfg, progress=not quiet, force=force)
     typer.echo(f"weights: {path}")
 
 
 @affinity_app.command("walk")
 def affinity_walk(
     data: DataRoot,
-    cams: Annotated[Path, typer.Option(help="CAM folder to refine.")],
-    model: Annotated[Path, typer.Option(help="Affinity training folder or weights file.")],
+    cams: Annotated[Path, typer.Option(help="CAM folder to refine.", exists=True, file_okay=False)],
+    model: Annotated[Path, typer.Option(help="Affinity training folder or weights file.", exists=True)],
     out: Annotated[Path, typer.Option(help="Folder for the refined <id>.npz CAMs.")],
     dataset: DataKind = "synthetic",
     split: Split = "train",
-    beta: Annotated[float, typer.Option(help="Affinity power β.")] = 10.0,
-    squarings: Annotated[int, typer.Option(help="T is raised to 2^squarings.")] = 8,
-    radius: Annotated[int, typer.Option(help="Affinity radius (1/4-resolution cells).")] = 5,
+    beta: Annotated[float, typer.Option(help="Affinity power β.", callback=_positive)] = 10.0,
+    squarings: Annotated[int, typer.Option(help="T is raised to 2^squarings.", min=0, max=32)] = 8,
+    radius: Annotated[int, typer.Option(help="Affinity radius (1/4-resolution cells).", min=1)] = 5,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, … (default: cuda if available).")] = None,
     shard: Shard = None,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """Random walk of the CAMs on the learnt affinity; the output is a CAM folder for
     `wsss pseudo` / `wsss sweep` (τ 0.25 = IRN's background 0.25)."""
     from wsss.pseudo.random_walk import refine_cams
 
+    _out_dir("--out", out)
+    _device("--device", device)
+    shard_ = parse_shard(shard)
     ds = _dataset(data, dataset, split)
     refine_cams(ds, cams, model, out, beta=beta, num_squarings=squarings, radius=radius, device=device,
-                shard=parse_shard(shard), progress=not quiet)  # fmt: skip
+                shard=shard_, progress=not quiet, force=force)  # fmt: skip
     typer.echo(f"refined CAMs in {out}")
 
 
@@ -375,48 +546,65 @@ def masks(
     out: Annotated[Path, typer.Option(help="Folder for <id>.npz packed boolean masks.")],
     dataset: DataKind = "synthetic",
     split: Split = "train",
-    checkpoint: Annotated[Path | None, typer.Option(help="sam/sam2: the model checkpoint.")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="sam/sam2: the model checkpoint.", exists=True)
+    ] = None,
     model_type: Annotated[str | None, typer.Option(help="sam: vit_h, vit_l or vit_b.")] = None,
     sets: Sets = None,
     shard: Shard = None,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """Class-agnostic masks per image for SEPL (generator options via --set, e.g.
     --set points_per_side=16, --set scales=[100,300])."""
     from wsss.config import apply_overrides
     from wsss.pseudo.masks import build_mask_generator, generate_masks
 
+    _out_dir("--out", out)
+    shard_ = parse_shard(shard)
     options = apply_overrides({}, sets or [])
     if checkpoint is not None:
         options["checkpoint"] = str(checkpoint)
     if model_type is not None:
         options["model_type"] = model_type
     ds = _dataset(data, dataset, split)
-    generate_masks(build_mask_generator(generator, **options), ds, out, shard=parse_shard(shard),
-                   progress=not quiet)  # fmt: skip
+    generate_masks(build_mask_generator(generator, **options), ds, out, shard=shard_,
+                   progress=not quiet, force=force)  # fmt: skip
     typer.echo(f"masks in {out}")
 
 
 @app.command()
 def sepl(
     data: DataRoot,
-    pseudo: Annotated[Path, typer.Option(help="Pseudo-label folder to enhance.")],
-    masks_dir: Annotated[Path, typer.Option("--masks", help="Folder of <id>.npz masks (wsss masks).")],
+    pseudo: Annotated[
+        Path, typer.Option(help="Pseudo-label folder to enhance.", exists=True, file_okay=False)
+    ],
+    masks_dir: Annotated[
+        Path,
+        typer.Option("--masks", help="Folder of <id>.npz masks (wsss masks).", exists=True, file_okay=False),
+    ],
     out: Annotated[Path, typer.Option(help="Folder for the enhanced <id>.png labels.")],
     dataset: DataKind = "synthetic",
     split: Split = "train",
-    region_threshold: Annotated[float, typer.Option(help="Keep a mask if |S∩P_k|/|S| > this.")] = 0.5,
-    mask_threshold: Annotated[float, typer.Option(help="… or if |S∩P_k|/|P_k| >= this.")] = 0.85,
+    region_threshold: Annotated[
+        float, typer.Option(help="Keep a mask if |S∩P_k|/|S| > this.", min=0.0, max=1.0, callback=_finite)
+    ] = 0.5,
+    mask_threshold: Annotated[
+        float, typer.Option(help="… or if |S∩P_k|/|P_k| >= this.", min=0.0, max=1.0, callback=_finite)
+    ] = 0.85,
     shard: Shard = None,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """SAM-enhanced pseudo labels (seed 003): merge class-agnostic masks into pseudo labels;
     prints precision/recall before and after when the dataset has ground truth."""
     from wsss.pseudo.sepl import make_sepl_labels
 
+    _out_dir("--out", out)
+    shard_ = parse_shard(shard)
     ds = _dataset(data, dataset, split)
     res = make_sepl_labels(ds, pseudo, masks_dir, out, region_threshold=region_threshold,
-                           mask_threshold=mask_threshold, shard=parse_shard(shard), progress=not quiet)  # fmt: skip
+                           mask_threshold=mask_threshold, shard=shard_, progress=not quiet, force=force)  # fmt: skip
     if res.get("before") and res.get("after"):
         for when in ("before", "after"):
             r = res[when]
@@ -428,7 +616,7 @@ def sepl(
 @app.command()
 def sweep(
     data: DataRoot,
-    cams: Annotated[Path, typer.Option(help="CAM folder.")],
+    cams: Annotated[Path, typer.Option(help="CAM folder.", exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option(help="Folder for sweep.csv / sweep.json / sweep.png.")],
     dataset: DataKind = "synthetic",
     split: Split = "train",
@@ -436,30 +624,41 @@ def sweep(
         list[str] | None, typer.Option(help="Source name or NAME=DIR (repeatable); 'none' = no saliency.")
     ] = None,
     taus: Annotated[str, typer.Option(help="start:stop:step or a comma-separated list.")] = "0.05:0.95:0.05",
-    sal_threshold: float = 0.2,
+    sal_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, callback=_finite)] = 0.2,
     ignore_salient_bg: bool = True,
-    workers: int = 1,
+    workers: Annotated[int, typer.Option(min=1)] = 1,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """Sweep τ with and without saliency; report mIoU/precision/recall per τ and the best τ."""
     from wsss.pipeline import tau_grid
     from wsss.pseudo.sweep import sweep_tau, write_sweep
+    from wsss.stage import dataset_settings, stage_run
 
-    ds = _dataset(data, dataset, split)
+    _out_dir("--out", out)
     if ":" in taus:
-        parts = _floats(taus.replace(":", ","))
+        parts = _floats(taus.replace(":", ","), "--taus")
         if len(parts) != 3:
             raise WsssError(f"--taus expects start:stop:step, got {taus!r}")
-        grid = tau_grid(dict(zip(("start", "stop", "step"), parts, strict=True)))
+        spec: dict | list = dict(zip(("start", "stop", "step"), parts, strict=True))
     else:
-        grid = tau_grid(list(_floats(taus)))
+        spec = list(_floats(taus, "--taus"))
+    try:
+        grid = tau_grid(spec)
+    except WsssError as e:
+        raise WsssError(f"--taus {taus}: {e}") from None
+    ds = _dataset(data, dataset, split)
     sources: dict[str, Path | None] = {}
     for s in saliency or ["none"]:
         name, _, path = s.partition("=")
         sources[name] = _saliency_arg(ds, path or name)
-    result = sweep_tau(ds, cams, taus=grid, saliency_dirs=sources, sal_threshold=sal_threshold,
-                       ignore_salient_bg=ignore_salient_bg, workers=workers, progress=not quiet)  # fmt: skip
-    write_sweep(result, out)
+    settings = {"split": split, "taus": grid, "sal_threshold": sal_threshold, "ignore_salient_bg": ignore_salient_bg,
+                "sources": sorted(sources), **dataset_settings(ds)}  # fmt: skip
+    inputs = {"cams": cams, **{f"saliency:{k}": v for k, v in sources.items()}}
+    with stage_run(out, "sweep", settings, inputs, force=force):
+        result = sweep_tau(ds, cams, taus=grid, saliency_dirs=sources, sal_threshold=sal_threshold,
+                           ignore_salient_bg=ignore_salient_bg, workers=workers, progress=not quiet)  # fmt: skip
+        write_sweep(result, out)
     for name, r in result["sources"].items():
         b = r["best"]
         typer.echo(f"{name:>12}: best τ = {b['tau']:.2f}  mIoU {100 * b['miou']:.1f}")
@@ -471,68 +670,91 @@ def seg_train(
     data: DataRoot,
     out: Annotated[Path, typer.Option(help="Output folder for checkpoints and weights.")],
     labels: Annotated[
-        Path | None, typer.Option(help="Pseudo-label folder; omit to train on the ground truth.")
+        Path | None,
+        typer.Option(
+            help="Pseudo-label folder; omit to train on the ground truth.", exists=True, file_okay=False
+        ),
     ] = None,
     dataset: DataKind = "synthetic",
     split: Split = "train",
     method: Annotated[str, typer.Option(help="Loss: ce, size-weighted or size-balanced.")] = "ce",
-    config: Annotated[Path | None, typer.Option(help="YAML file with SegTrainConfig fields.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file with SegTrainConfig fields.", exists=True, dir_okay=False)
+    ] = None,
     sets: Sets = None,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """Train DeepLab (head deeplab-v2 | deeplab-v3plus) on pseudo labels; resumes; torchrun → DDP."""
     from wsss.config import apply_overrides, load_yaml
     from wsss.seg import SegTrainConfig, train_seg
 
+    _out_dir("--out", out)
     values = apply_overrides(load_yaml(config) if config else {}, sets or [])
     if labels is not None:
         values["labels"] = str(labels)
     cfg = SegTrainConfig.from_dict(values, source=str(config or "--set"))
-    path = train_seg(_dataset(data, dataset, split), out, cfg, method=method, progress=not quiet)
+    path = train_seg(_dataset(data, dataset, split), out, cfg, method=method, progress=not quiet, force=force)
     typer.echo(f"weights: {path}")
 
 
 @seg_app.command("predict")
 def seg_predict(
     data: DataRoot,
-    model: Annotated[Path, typer.Option(help="Training output folder or weights file.")],
+    model: Annotated[Path, typer.Option(help="Training output folder or weights file.", exists=True)],
     out: Annotated[Path, typer.Option(help="Folder for <id>.png predictions.")],
     dataset: DataKind = "synthetic",
     split: Split = "val",
     scales: Annotated[str, typer.Option(help="TTA scales, comma-separated.")] = "0.5,0.75,1.0,1.25,1.5",
     flip: Annotated[bool, typer.Option(help="Add horizontally flipped inputs.")] = True,
     crf: Annotated[bool, typer.Option(help="Dense CRF on the averaged probabilities.")] = False,
-    batch_size: int = 4,
+    batch_size: Annotated[int, typer.Option(min=1)] = 4,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, … (default: cuda if available).")] = None,
     shard: Shard = None,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """Multi-scale + flip prediction (optional CRF) → label PNGs for `wsss evaluate`; resumes."""
     from wsss.seg import predict_seg
 
+    _out_dir("--out", out)
+    _device("--device", device)
+    scale_list, shard_ = _floats(scales, "--scales", positive=True), parse_shard(shard)
     ds = _dataset(data, dataset, split)
-    predict_seg(ds, model, out, scales=_floats(scales), flip=flip, crf=crf, shard=parse_shard(shard),
-                device=device, batch_size=batch_size, progress=not quiet)  # fmt: skip
+    predict_seg(ds, model, out, scales=scale_list, flip=flip, crf=crf, shard=shard_,
+                device=device, batch_size=batch_size, progress=not quiet, force=force)  # fmt: skip
     typer.echo(f"predictions in {out}")
 
 
 # ---------------------------------------------------------------------------- evaluate
 @app.command()
 def evaluate(
-    pred: Annotated[Path, typer.Option(help="Folder of predicted label PNGs.")],
-    gt: Annotated[Path, typer.Option(help="Folder of ground-truth label PNGs (matched by file stem).")],
-    num_classes: Annotated[int, typer.Option(help="Number of classes including background.")],
+    pred: Annotated[Path, typer.Option(help="Folder of predicted label PNGs.", exists=True, file_okay=False)],
+    gt: Annotated[
+        Path,
+        typer.Option(
+            help="Folder of ground-truth label PNGs (matched by file stem).", exists=True, file_okay=False
+        ),
+    ],
+    num_classes: Annotated[int, typer.Option(help="Number of classes including background.", min=2, max=255)],
     instances: Annotated[
-        Path | None, typer.Option(help="Instance-id PNGs (else connected components).")
+        Path | None,
+        typer.Option(help="Instance-id PNGs (else connected components).", exists=True, file_okay=False),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
     bounds: Annotated[str, typer.Option(help="IA-mIoU small,medium size bounds in pixels.")] = "1024,9216",
-    class_names: Annotated[Path | None, typer.Option(help="class_names.txt (background first).")] = None,
+    class_names: Annotated[
+        Path | None, typer.Option(help="class_names.txt (background first).", exists=True, dir_okay=False)
+    ] = None,
     ids: Annotated[
         Path | None,
-        typer.Option(help="Split list (one id per line): every listed image must have a prediction."),
+        typer.Option(
+            help="Split list (one id per line): every listed image must have a prediction.",
+            exists=True,
+            dir_okay=False,
+        ),
     ] = None,
-    workers: int = 1,
+    workers: Annotated[int, typer.Option(min=1)] = 1,
     quiet: Quiet = False,
 ) -> None:
     """mIoU, precision/recall/FPR/FNR, IA-mIoU (S/M/L) and class groups of a folder of predictions."""
@@ -540,13 +762,15 @@ def evaluate(
     from wsss.io import write_json, write_run_json
     from wsss.metrics.evaluate import evaluate_dirs, format_table
 
-    b = _floats(bounds)
-    if len(b) != 2:
-        raise WsssError(f"--bounds expects two numbers, got {bounds!r}")
+    _out_file("--json", json_out)
+    b = _bounds(bounds, "--bounds")
     names = read_class_names(class_names) if class_names else None
+    if names is not None and len(names) != num_classes:
+        raise WsssError(f"{class_names}: {len(names)} class names but --num-classes is {num_classes}; "
+                        "expected one name per class, background first")  # fmt: skip
     id_list = read_id_list(ids) if ids else None
     res = evaluate_dirs(pred, gt, num_classes, instances_dir=instances, class_names=names,
-                        bounds=(int(b[0]), int(b[1])), ids=id_list, workers=workers, progress=not quiet)  # fmt: skip
+                        bounds=b, ids=id_list, workers=workers, progress=not quiet)  # fmt: skip
     typer.echo(format_table(res))
     if res.get("num_gt_without_prediction"):
         typer.echo(f"note: {res['num_gt_without_prediction']} ground-truth images in {gt} have no prediction "
@@ -572,18 +796,19 @@ def balance(
     bounds: Annotated[
         str | None, typer.Option(help="Small,medium instance area bounds in px (default: the dataset's).")
     ] = None,
-    max_images: Annotated[int | None, typer.Option(help="Stop once this many images are chosen.")] = None,
+    max_images: Annotated[
+        int | None, typer.Option(help="Stop once this many images are chosen.", min=1)
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """A subset of a split with small/medium/large instances and classes about equally represented
     (seed 004's PASCAL-B), from the instance annotations (else connected components of the GT)."""
     from wsss.data.balance import balance_split, format_histogram
 
-    b = None
-    if bounds is not None:
-        b = _floats(bounds)
-        if len(b) != 2:
-            raise WsssError(f"--bounds expects two numbers, got {bounds!r}")
+    _out_dir("--out", out)
+    if not name or Path(name).name != name or name.startswith("."):
+        raise WsssError(f"--name {name!r}: expected a plain file name (no folder, not hidden)")
+    b = None if bounds is None else _bounds(bounds, "--bounds")
     summary = balance_split(_dataset(data, dataset, split), out, bounds=b, name=name, max_images=max_images,
                             progress=not quiet)  # fmt: skip
     typer.echo(format_histogram(summary))
@@ -597,11 +822,13 @@ def run(
     sets: Sets = None,
     out: Annotated[str | None, typer.Option(help="Run folder (overrides the config's `out`).")] = None,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """Run every stage of a config in order; rerun to resume."""
     from wsss.pipeline import run_pipeline
 
-    run_pipeline(config, sets, out=out, progress=not quiet)
+    _out_dir("--out", out)
+    run_pipeline(config, sets, out=out, progress=not quiet, force=force)
 
 
 @app.command()
@@ -611,7 +838,7 @@ def bed(
         list[str] | None,
         typer.Option("--set", help="key=value: a bed key (seeds=[0]) or, for every cell, a run-config key."),
     ] = None,
-    jobs: Annotated[int, typer.Option(help="Run N cells at once, in separate processes.")] = 1,
+    jobs: Annotated[int, typer.Option(help="Run N cells at once, in separate processes.", min=1)] = 1,
     shard: Annotated[
         str | None, typer.Option(help="Run only the cells whose index ≡ i mod N ('i/N'), then --merge.")
     ] = None,
@@ -629,6 +856,8 @@ def bed(
     source and a swept τ in each; tables of mean ± s.e.m. over seeds. Rerun to resume."""
     from wsss.bench.bed import run_bed
 
+    if shard is not None:
+        parse_shard(shard)
     run_bed(config, sets, jobs=jobs, shard=shard, merge=merge, allow_missing=allow_missing, dry_run=dry_run,
             progress=not quiet, report=report)  # fmt: skip
 
@@ -638,39 +867,93 @@ def demo(
     out: Annotated[str, typer.Option(help="Run folder.")] = "runs/demo",
     sets: Sets = None,
     quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """The end-to-end demo: synthetic data → CAM → τ sweeps → pseudo labels → DeepLab → evaluation
     → report.html (~10 min on 2 CPUs)."""
     from wsss.pipeline import run_pipeline
     from wsss.report import build_report
 
-    run_pipeline("demo", sets, out=out, progress=not quiet)
+    _out_dir("--out", out)
+    run_pipeline("demo", sets, out=out, progress=not quiet, force=force)
     typer.echo(f"report: {build_report(out)}")
 
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A `wsss run` folder, or a bed folder of runs.")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(help="A `wsss run` folder, or a bed folder of runs.", exists=True, file_okay=False),
+    ],
     out: Annotated[Path | None, typer.Option(help="HTML file (default RUN_DIR/report.html).")] = None,
-    gallery: Annotated[int, typer.Option(help="Gallery: the N best, N worst and N random images.")] = 4,
+    gallery: Annotated[
+        int, typer.Option(help="Gallery: the N best, N worst and N random images.", min=0, max=1000)
+    ] = 4,
     split: Annotated[
         str | None, typer.Option(help="Split of the per-class sections and gallery (default: held-out).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the gallery's random images.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the gallery's random images.", min=0)] = 0,
 ) -> None:
     """One self-contained HTML report (tables, τ curves, IA-mIoU, class groups, a pseudo-label gallery)."""
     from wsss.report import build_report
 
+    _out_file("--out", out)
     path = build_report(run_dir, out, gallery=gallery, seed=seed, split=split)
     typer.echo(f"report: {path}")
 
 
-def main() -> None:
+def _click_errors(name: str) -> tuple[type[BaseException], ...]:
+    """click's exception class ``name`` and, where typer vendors its own click, typer's too."""
+    modules = {sys.modules[typer.BadParameter.__module__]}
+    with contextlib.suppress(ImportError):
+        import click.exceptions
+
+        modules.add(click.exceptions)
+    return tuple(getattr(m, name) for m in modules if hasattr(m, name))
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("WSSS_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command; every failure ends as one ``error: …`` line with exit status 2
+    (``--debug`` anywhere on the line, or ``WSSS_DEBUG=1``, shows the traceback instead)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
+    command = typer.main.get_command(app)
     try:
-        app()
-    except WsssError as e:
-        typer.echo(f"error: {e}", err=True)
+        code = command.main(argv, prog_name="wsss", standalone_mode=False)
+    except _click_errors("NoArgsIsHelpError") as e:  # the help (rich help is printed as it is built)
+        if e.format_message().strip():
+            typer.echo(e.format_message())
+        sys.exit(0)
+    except (*_click_errors("Abort"), typer.Abort):
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except _click_errors("UsageError") as e:
+        if debug:
+            raise
+        where = f"wsss {e.ctx.command_path.split(' ', 1)[1]}: " if e.ctx and " " in e.ctx.command_path else ""
+        typer.echo(f"error: {where}{one_line(e.format_message())}", err=True)
         sys.exit(2)
+    except _click_errors("ClickException") as e:
+        if debug:
+            raise
+        typer.echo(f"error: {one_line(e.format_message())}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except BaseException as e:  # noqa: BLE001 - the one place that turns any failure into one line
+        if isinstance(e, SystemExit):
+            raise
+        if debug:
+            raise
+        typer.echo(f"error: {describe_error(e)}", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

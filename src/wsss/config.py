@@ -11,10 +11,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import os
+import types
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from wsss.io import WsssError
@@ -81,3 +86,92 @@ def apply_overrides(cfg: dict, assignments: list[str]) -> dict:
 def config_hash(cfg: Any) -> str:
     blob = json.dumps(cfg, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- typed dataclass fields
+def _describe_type(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        return "null"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(a) for a in args)
+    if origin in (tuple, list):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return f"a list of {len(args)} {_describe_type(args[0]).removeprefix('a ').removeprefix('an ')}s"
+        inner = _describe_type(args[0]).removeprefix("a ").removeprefix("an ") if args else "value"
+        return f"a list of {inner}s"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(matches, value) for ``value`` against annotation ``tp``; numeric strings (YAML reads
+    ``1e-3`` as a string) become floats for float fields, nothing else is converted."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True, value
+    if tp is type(None):
+        return value is None, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, out = _coerce(value, arg)
+            if ok:
+                return True, out
+        return False, value
+    if origin in (tuple, list) or tp in (tuple, list):
+        if not isinstance(value, list | tuple):
+            return False, value
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                return False, value
+            pairs = list(zip(value, args, strict=True))
+        else:
+            pairs = [(v, args[0] if args else Any) for v in value]
+        out = []
+        for v, a in pairs:
+            ok, c = _coerce(v, a)
+            if not ok:
+                return False, value
+            out.append(c)
+        return True, type(value)(out)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict), value
+    if tp is bool:
+        return isinstance(value, bool | np.bool_), value
+    if tp is int:
+        return isinstance(value, int | np.integer) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                return False, value
+        ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+        return ok and math.isfinite(value), value
+    if tp is str:
+        return isinstance(value, str | os.PathLike), value
+    return True, value  # other annotations are checked by the dataclass itself
+
+
+def check_value(value: Any, annotation: Any, name: str) -> Any:
+    """``value`` checked against a type annotation (see :func:`check_field_types`); a mismatch is
+    a :class:`WsssError` "NAME must be <expected>, got <value>"."""
+    ok, converted = _coerce(value, annotation)
+    if not ok:
+        raise WsssError(f"{name} must be {_describe_type(annotation)}, got {value!r}")
+    return converted
+
+
+def check_field_types(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Each value against its dataclass field's annotation (int, float — ints accepted —,
+    bool, str, None-able, tuples/lists of numbers, dict), before the dataclass sees it:
+    a wrong type is one :class:`WsssError` naming ``source``, the key and the expected type."""
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    for key, value in values.items():
+        if key in hints:
+            out[key] = check_value(value, hints[key], f"{source}: {key}")
+    return out

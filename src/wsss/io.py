@@ -49,6 +49,38 @@ class WsssError(Exception):
     """A user-facing error: bad input, missing file, inconsistent data."""
 
 
+def one_line(text: str) -> str:
+    """A message as one line. A traceback re-raised from a worker process (DataLoader,
+    multiprocessing) becomes its last line, the worker's own error."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    if any(ln.startswith(("Traceback", "Original Traceback")) for ln in lines):
+        head, sep, rest = lines[-1].partition(": ")
+        if sep and head.replace(".", "").replace("_", "").isalnum():
+            return rest if head.split(".")[-1] == "WsssError" else f"{head.split('.')[-1]}: {rest}"
+        return lines[-1]
+    return " ".join(lines)
+
+
+def describe_error(e: BaseException) -> str:
+    """The one line a user sees for ``e``: the file and the OS's reason for OS errors,
+    the message for :class:`WsssError`, the type and message (and how to see more) otherwise."""
+    if isinstance(e, WsssError):
+        return one_line(str(e))
+    if isinstance(e, OSError) and e.filename is not None:
+        where = f"{e.filename}" + (f" → {e.filename2}" if e.filename2 is not None else "")
+        return f"{where}: {e.strerror or one_line(str(e))}"
+    if isinstance(e, OSError):
+        return one_line(e.strerror or str(e))
+    if isinstance(e, MemoryError):
+        return "out of memory (use a smaller batch_size, fewer workers or fewer scales)"
+    msg = one_line(str(e))
+    if "Original Traceback" in str(e) and "WsssError" in str(e).splitlines()[-1]:
+        return msg
+    return f"unexpected {type(e).__name__}: {msg} (rerun with --debug or WSSS_DEBUG=1 for the traceback)"
+
+
 # --------------------------------------------------------------------------- atomic writes
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -58,14 +90,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     safely mean "this item is done" for resume.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise WsssError(f"{path}: is a folder; expected a file path to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WsssError(f"{path}: cannot write ({e.strerror or e})") from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs should be as readable as open()'s
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as e:  # disk full, quota, a read-only file system: the old file stays as it was
+        raise WsssError(f"{path}: cannot write ({e.strerror or e})") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -234,15 +273,47 @@ def save_saliency(path: str | os.PathLike, sal: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_saliency(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """float32 H×W in [0, 1]."""
-    path = Path(path)
-    arr = _gray_unit(_open_image(path), path)
-    if shape is not None and arr.shape != tuple(shape):
+# single-channel grey: 8-bit (the format written here) and 16-bit (0..65535 → 0..1)
+SALIENCY_MODES = ("L", "I;16", "I;16B", "I;16L", "I")
+_MODE_NAMES = {"RGB": "3-channel RGB", "RGBA": "4-channel RGBA", "LA": "grey + alpha", "P": "palette",
+               "1": "1-bit", "F": "32-bit float", "CMYK": "4-channel CMYK"}  # fmt: skip
+
+
+def _check_saliency_image(img: Image.Image, path: Path, shape: tuple[int, int] | None) -> None:
+    w, h = img.size
+    if shape is not None and (h, w) != tuple(shape):
+        raise WsssError(f"{path}: size {w}×{h} does not match the image {shape[1]}×{shape[0]}")
+    if img.mode not in SALIENCY_MODES:
+        kind = _MODE_NAMES.get(img.mode, f"mode {img.mode}")
         raise WsssError(
-            f"{path}: size {arr.shape[1]}×{arr.shape[0]} does not match the image {shape[1]}×{shape[0]}"
+            f"{path}: saliency map must be a single-channel 8-bit grey PNG (mode L), got {kind} "
+            f"(mode {img.mode}); convert it, or import it with `wsss saliency make folder --from DIR`"
         )
-    return arr
+
+
+def check_saliency_file(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> None:
+    """What :func:`load_saliency` refuses that the header shows (missing, not an image, not
+    single-channel grey, another size than the image), without decoding the pixels."""
+    path = Path(path)
+    if not path.is_file():
+        raise WsssError(f"{path}: saliency map not found")
+    try:
+        with Image.open(path) as img:
+            _check_saliency_image(img, path, shape)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise WsssError(f"{path}: cannot read image ({e})") from None
+
+
+def load_saliency(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """float32 H×W in [0, 1] from a single-channel grey PNG (8-bit; 16-bit is read too).
+
+    Colour, palette, alpha and 1-bit images are refused rather than converted: a colour map
+    read as grey is a silent error. ``wsss saliency make folder`` imports other formats.
+    """
+    path = Path(path)
+    img = _open_image(path)
+    _check_saliency_image(img, path, shape)
+    return _gray_unit(img, path)
 
 
 # --------------------------------------------------------------------------- CAMs
@@ -318,6 +389,9 @@ def _load_npy_dict(path: Path) -> dict:
     raise WsssError(f"{path}: a plain array has no class keys; expected an IRN/PuzzleCAM dict")
 
 
+CAM_TOLERANCE = 2e-3  # float16 rounding (and resampling) may step just outside [0, 1]
+
+
 def _validated_cam(path: Path, keys: np.ndarray, cam: np.ndarray, shape, num_classes) -> tuple:
     keys = np.asarray(keys).reshape(-1).astype(np.int64)
     cam = np.asarray(cam, dtype=np.float32)
@@ -327,6 +401,11 @@ def _validated_cam(path: Path, keys: np.ndarray, cam: np.ndarray, shape, num_cla
         raise WsssError(f"{path}: cam has shape {cam.shape} but there are {keys.size} keys")
     if not np.isfinite(cam).all():
         raise WsssError(f"{path}: CAM contains NaN or infinite values")
+    if cam.size and (cam.min() < -CAM_TOLERANCE or cam.max() > 1.0 + CAM_TOLERANCE):
+        raise WsssError(
+            f"{path}: CAM values must lie in [0, 1], got {cam.min():.4g}..{cam.max():.4g} "
+            "(normalise each class map by its maximum)"
+        )
     if keys.size and (keys.min() < 1 or (num_classes is not None and keys.max() >= num_classes)):
         raise WsssError(f"{path}: class keys {keys.tolist()} outside 1..{(num_classes or 0) - 1}")
     if shape is not None and cam.shape[1:] != tuple(shape):
@@ -351,6 +430,8 @@ def load_cam(
     if path.suffix == ".npz":
         if not path.is_file():
             raise WsssError(f"{path}: file not found")
+        if not zipfile.is_zipfile(path):
+            raise WsssError(f"{path}: cannot read CAM file (not an .npz archive)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 if "keys" not in z or "cam" not in z:
@@ -384,7 +465,12 @@ def load_cam(
     keys = np.array([c for c, _ in found], dtype=np.int64)
     maps = []
     for _, p in found:
-        maps.append(_gray_unit(_open_image(p), p))
+        img = _open_image(p)
+        if img.mode not in SALIENCY_MODES:
+            raise WsssError(
+                f"{p}: per-class CAM PNG must be single-channel grey (mode L), got mode {img.mode}"
+            )
+        maps.append(_gray_unit(img, p))
     if len({m.shape for m in maps}) > 1:
         raise WsssError(f"{path}: per-class CAM PNGs have different sizes")
     return _validated_cam(path, keys, np.stack(maps), shape, num_classes)
@@ -477,7 +563,8 @@ def parse_shard(shard: str | tuple[int, int] | list[int] | None) -> tuple[int, i
     else:
         i, n = int(shard[0]), int(shard[1])
     if not (n >= 1 and 0 <= i < n):
-        raise WsssError(f"shard {i}/{n}: need 0 <= i < N")
+        where = f"RANK={i} WORLD_SIZE={n}" if shard is None else f"--shard {i}/{n}"
+        raise WsssError(f"{where}: need 0 <= i < N")
     return i, n
 
 
@@ -490,32 +577,6 @@ def shard_record_name(shard: tuple[int, int]) -> str:
     """``run.json``, or ``run.shard<i>of<N>.json`` so that shards never overwrite each other."""
     i, n = shard
     return "run.json" if n == 1 else f"run.shard{i}of{n}.json"
-
-
-def guard_output_dir(out_dir: str | os.PathLike, stage: str, settings: dict) -> None:
-    """Pin the settings that determine every output file in ``out_dir``, before any is written.
-
-    Per-image stages resume by skipping existing outputs, so a rerun with other settings
-    (another τ, another model) would silently mix old and new files that all look finished.
-    The first run writes ``settings.json``; a later run with different settings stops here.
-    """
-    out_dir = Path(out_dir)
-    settings = json.loads(json.dumps(settings, default=_json_default))
-    path = out_dir / "settings.json"
-    if path.is_file():
-        old = read_json(path)
-        if not isinstance(old, dict) or old.get("stage") != stage:
-            raise WsssError(f"{path}: this folder holds the outputs of another stage, not {stage!r}")
-        before = old.get("settings", {})
-        diff = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-        if diff:
-            was = ", ".join(f"{k}={before.get(k)!r} (now {settings.get(k)!r})" for k in diff)
-            raise WsssError(
-                f"{path}: this folder holds {stage} outputs made with {was}; "
-                "use a new output folder or delete the old outputs"
-            )
-        return
-    write_json(path, {"stage": stage, "settings": settings})
 
 
 def file_digest(path: str | os.PathLike) -> str:

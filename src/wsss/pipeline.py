@@ -21,26 +21,27 @@ Run folder::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from wsss.config import (
     apply_overrides,
     builtin_config,
-    config_hash,
+    check_value,
     deep_merge,
     load_yaml,
 )
 from wsss.data import Dataset, build_dataset
-from wsss.io import WsssError, atomic_write_text, read_json, write_json, write_run_json
-from wsss.metrics.stats import format_pct
+from wsss.io import WsssError, write_json, write_run_json
+from wsss.report import markdown
+from wsss.stage import clear_folder, completed_step, folder_lock, input_fingerprint
 
 console = Console(stderr=True)
 
@@ -73,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
         "sweep_split": "train",
     },
     # stage-3 refinement of every source's pseudo labels, scored as source "<source>+<step>":
-    # "crf" = the dense CRF of METHODS.md §3 on the label maps (options: refine_crf.crf params)
+    # "crf" = the dense CRF of docs/methods.md §3 on the label maps (options: refine_crf.crf params)
     "refine": {"steps": [], "crf": {}},
     "evaluate": {"bounds": None, "workers": 1},  # bounds None: the dataset's ia_bounds, else 1024/9216
     # stage 4, when `labels` is set: a saliency source of `pseudo.saliency` (its pseudo labels at the
@@ -98,19 +99,44 @@ def load_run_config(source: str | Path | dict, overrides: list[str] | None = Non
         user = builtin_config(str(source))
     cfg = deep_merge(DEFAULTS, user)
     cfg = apply_overrides(cfg, overrides or [])
-    _check_keys(cfg, DEFAULTS, "config")
+    try:
+        _check_keys(cfg, DEFAULTS, "config")
+    except WsssError as e:  # name the file the keys came from (or --set)
+        if isinstance(source, dict):
+            raise
+        raise WsssError(f"{source}{' (with --set)' if overrides else ''}: {e}") from None
     return cfg
 
 
 def _check_keys(cfg: dict, reference: dict, where: str) -> None:
-    """Unknown keys are typos: name them. Sections whose default is empty (``cam.train``,
+    """Unknown keys are typos: name them. A section must be a mapping; a key whose default is
+    a number, true/false or a string must be one too (``seed`` a whole number >= 0,
+    ``pseudo.sal_threshold`` in [0, 1]). Sections whose default is empty (``cam.train``,
     ``data.max_images``) or not a dict are free-form here and validated by their stage."""
     unknown = sorted(set(cfg) - set(reference))
     if unknown:
         raise WsssError(f"{where}: unknown keys {unknown}; valid: {sorted(reference)}")
     for key, ref in reference.items():
-        if isinstance(ref, dict) and ref and isinstance(cfg.get(key), dict):
-            _check_keys(cfg[key], ref, f"{where}.{key}")
+        value, name = cfg.get(key), f"{where}.{key}"
+        if isinstance(ref, bool | int | float | str) and key in cfg:
+            value = check_value(value, type(ref), name)
+            low, high = _RANGES.get(name, (None, None))
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise WsssError(f"{name} must be in [{low}, {'∞' if high is None else high}], got {value!r}")
+            cfg[key] = value
+        if isinstance(ref, dict) and not isinstance(value, dict) and name not in _NOT_ONLY_MAPPINGS:
+            got = "null" if value is None else f"{type(value).__name__} {value!r}"
+            raise WsssError(
+                f"{name}: expected a mapping (a section of keys), got {got}; "
+                "omit the key to keep its defaults"
+            )
+        if isinstance(ref, dict) and ref and isinstance(value, dict):
+            _check_keys(value, ref, name)
+
+
+# sections whose default is a mapping but that may also be given otherwise (τ as a list)
+_NOT_ONLY_MAPPINGS = {"config.pseudo.taus"}
+_RANGES = {"config.seed": (0, None), "config.pseudo.sal_threshold": (0.0, 1.0)}
 
 
 def tau_grid(spec: dict | list) -> list[float]:
@@ -134,10 +160,11 @@ def tau_grid(spec: dict | list) -> list[float]:
 class Pipeline:
     """Runs the stages of one config in one folder."""
 
-    def __init__(self, cfg: dict, progress: bool = True):
+    def __init__(self, cfg: dict, progress: bool = True, force: bool = False):
         self.cfg = cfg
         self.out = Path(cfg["out"])
         self.progress = progress
+        self.force = force  # --force: empty the run folder and recompute every stage
         self.timings: dict[str, float] = {}  # seconds per stage; a resumed stage keeps its recorded time
         self.resumed: list[str] = []
         self.results: dict[str, Any] = {}
@@ -149,31 +176,12 @@ class Pipeline:
 
     # ------------------------------------------------------------------ helpers
     def _stage(self, name: str, stage_cfg: Any, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` unless its completion record matches ``stage_cfg``."""
-        record_path = self.out / "stages" / f"{name}.json"
-        h = config_hash(stage_cfg)
-        if record_path.is_file():
-            record = read_json(record_path)
-            if record.get("config_hash") == h:
-                console.print(f"[dim]• {name}: done already ({record_path})[/dim]")
-                self.timings[name] = float(record.get("seconds", 0.0))
-                self.resumed.append(name)
-                return record.get("result")
-            raise WsssError(
-                f"{record_path}: stage {name!r} was completed with a different config; "
-                "use a new `out` folder or delete that stage's outputs"
-            )
-        console.rule(f"[bold]{name}")
-        t0 = time.perf_counter()
-        result = fn()
-        dt = time.perf_counter() - t0
-        self.timings[name] = dt
-        write_json(
-            record_path,
-            {"stage": name, "config_hash": h, "config": stage_cfg, "seconds": dt, "result": result},
-        )
-        console.print(f"[green]✓ {name}[/green] ({dt:.1f} s)")
-        return result
+        """Run ``fn`` unless ``stages/<name>.json`` records it done with ``stage_cfg``."""
+        step = completed_step(self.out / "stages", name, stage_cfg, fn, console)
+        self.timings[name] = step.seconds
+        if step.resumed:
+            self.resumed.append(name)
+        return step.result
 
     def dataset(self, split: str, limited: bool = True) -> Dataset:
         """A split; ``limited`` applies ``data.max_images`` (evaluation only, never training)."""
@@ -207,14 +215,45 @@ class Pipeline:
         return out
 
     # ------------------------------------------------------------------ stages
+    def external_inputs(self) -> dict[str, str]:
+        """A digest of each input the run reads but does not make (submitted CAMs, saliency
+        folders outside the run): part of every stage's record, so changed files are noticed."""
+        folders: dict[str, Path] = {}
+        if self.cfg["cam"].get("cams"):
+            folders["cams"] = self.cam_dir
+        srcs = self.cfg["pseudo"]["saliency"]
+        for name, path in srcs.items() if isinstance(srcs, dict) else ((s, None) for s in srcs):
+            if name != "none" and name not in self.cfg["saliency"]:
+                folders[f"saliency:{name}"] = Path(path) if path else self.data_root / "saliency" / name
+        out = {}
+        run_dir = self.out.resolve()
+        for key, folder in folders.items():
+            if folder.is_dir() and not folder.resolve().is_relative_to(run_dir):  # the run makes its own
+                print_ = input_fingerprint(folder)
+                blob = json.dumps(print_, sort_keys=True).encode()
+                out[key] = f"{print_['path']}@{hashlib.sha256(blob).hexdigest()[:16]}"
+        return out
+
     def run(self) -> dict:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WsssError(f"{self.out}: cannot create the run folder ({e.strerror or e})") from None
+        with folder_lock(self.out):
+            if self.force and any(self.out.iterdir()):
+                clear_folder(self.out)
+            return self._run()
+
+    def _run(self) -> dict:
         t_start = time.perf_counter()
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "config.json", cfg)
 
         # what each stage's outputs depend on: a change anywhere upstream invalidates them
         data_cfg = {k: cfg["data"][k] for k in ("kind", "root", "synth", "train_split")}
+        external = self.external_inputs()
+        if external:  # absent from the hashes when there are none, so older runs still resume
+            data_cfg["inputs"] = external
         if cfg["data"].get("synth"):
             self._stage("synth", {"synth": cfg["data"]["synth"], "seed": cfg["seed"]}, self._synth)
         train_ds = self.dataset(cfg["data"]["train_split"], limited=False)
@@ -504,150 +543,19 @@ class Pipeline:
         return out
 
     # ------------------------------------------------------------------ output
-    SCORES = (
-        "miou",
-        "ia_miou",
-        "ia_miou_small",
-        "ia_miou_medium",
-        "ia_miou_large",
-        "precision_mean",
-        "recall_mean",
-    )
-
-    def summary_rows(self) -> list[list[str]]:
-        return [
-            [r["saliency"], r["split"], f"{r['tau']:.2f}"] + [format_pct(r.get(k)) for k in self.SCORES]
-            for r in self.results.get("evaluation", {}).values()
-        ]
-
-    HEADERS = ["saliency", "split", "τ", "mIoU", "IA-mIoU", "IA-S", "IA-M", "IA-L", "prec", "recall"]
-    SEG_HEADERS = ["loss", "split", "mIoU", "IA-mIoU", "IA-S", "IA-M", "IA-L", "prec", "recall"]
-
-    def seg_rows(self) -> list[list[str]]:
-        return [
-            [r["method"], r["split"]] + [format_pct(r.get(k)) for k in self.SCORES]
-            for r in (self.results.get("seg") or {}).values()
-        ]
-
-    def print_summary(self) -> None:
-        table = Table(title=f"Pseudo labels at the best τ (chosen on {self.cfg['pseudo']['sweep_split']})")
-        for h in self.HEADERS:
-            table.add_column(h, justify="right" if h not in ("saliency", "split") else "left")
-        for row in self.summary_rows():
-            table.add_row(*row)
-        wide = Console(width=None if sys.stdout.isatty() else 120)  # logs: no truncated columns
-        wide.print(table)
-        if self.results.get("seg"):
-            seg = Table(title=f"Segmentation network trained on `{self.cfg['seg']['labels']}` labels")
-            for h in self.SEG_HEADERS:
-                seg.add_column(h, justify="right" if h not in ("loss", "split") else "left")
-            for row in self.seg_rows():
-                seg.add_row(*row)
-            wide.print(seg)
-        console.print(f"total {self.timings.get('total', 0.0):.0f} s — report: {self.out / 'report.md'}")
+    SCORES = markdown.SCORES  # the evaluation columns of every table, in order
 
     def _write_report(self) -> None:
-        lines = [
-            f"# wsss run: `{self.out}`",
-            "",
-            f"Dataset `{self.cfg['data']['kind']}` at `{self.data_root}`, CAM method `{self.cfg['cam']['method']}`, "
-            f"seed {self.cfg['seed']}. IA-mIoU size bounds {self.ia_bounds()} px.",
-            "",
-            f"## Pseudo labels at the best τ (chosen on `{self.cfg['pseudo']['sweep_split']}`)",
-            "",
-            "| " + " | ".join(self.HEADERS) + " |",
-            "|" + "---|" * len(self.HEADERS),
-        ]
-        lines += ["| " + " | ".join(r) + " |" for r in self.summary_rows()]
-        lines += ["", "Scores in percent. IA-S/M/L: instance-aware mIoU of small/medium/large objects.", ""]
-        if self.results.get("seg"):
-            lines += [
-                f"## Segmentation network (stage 4), trained on `{self.cfg['seg']['labels']}` labels",
-                "",
-                "| " + " | ".join(self.SEG_HEADERS) + " |",
-                "|" + "---|" * len(self.SEG_HEADERS),
-            ]
-            lines += ["| " + " | ".join(r) + " |" for r in self.seg_rows()] + [""]
-        lines += self._saliency_section()
-        lines += ["## τ sweep", "", "![τ sweep](sweep/sweep.png)", "", "Full numbers: `sweep/sweep.csv`.", ""]
-        lines += self._class_section()
-        lines += ["## Timings", "", "| stage | seconds |", "|---|---|"]
-        lines += [
-            f"| {k}{' (earlier run)' if k in self.resumed else ''} | {v:.1f} |"
-            for k, v in self.timings.items()
-        ]
-        if self.resumed:
-            lines += ["", "`total` is this invocation's wall time; stages marked *earlier run* were skipped."]
-        atomic_write_text(self.out / "report.md", "\n".join(lines) + "\n")
+        markdown.write_run_report(self.out, self.cfg, self.data_root, self.ia_bounds(), self.results,
+                                  self.timings, self.resumed)  # fmt: skip
 
-    def _saliency_section(self) -> list[str]:
-        quality = self.results.get("saliency_quality") or {}
-        if not quality:
-            return []
-        lines = [
-            "## Saliency sources",
-            "",
-            "Against the ground-truth foreground: MAE (lower is better), max F-measure (β² = 0.3) and "
-            "IoU of the map thresholded at 0.5, in percent except MAE.",
-            "",
-            "| source | split | MAE | max-F | IoU@0.5 |",
-            "|---|---|---|---|---|",
-        ]
-        for src, per_split in quality.items():
-            for split, q in per_split.items():
-                lines.append(
-                    f"| {src} | {split} | {q['mae']:.3f} | {format_pct(q['max_f'])} | {format_pct(q['iou'])} |"
-                )
-        return lines + [""]
-
-    def _class_section(self) -> list[str]:
-        """Per-class IoU for every saliency source next to seed 001's class statistics."""
-        split = self.cfg["pseudo"]["sweep_split"]
-        evals = {}
-        for r in self.results.get("evaluation", {}).values():
-            if r["split"] == split:
-                path = self.out / "eval" / f"{r['saliency']}_{split}.json"
-                if path.is_file():
-                    evals[r["saliency"]] = read_json(path)
-        if not evals:
-            return []
-        first = next(iter(evals.values()))
-        stats = {c["id"]: c for c in first.get("groups", {}).get("classes", [])}
-        sources = list(evals)
-        lines = [
-            f"## Per class (`{split}`)",
-            "",
-            "Occurrence = images with the class; size = mean share of the image; co-occ. = share of its "
-            "images with another class (seed 001, Table 1). IoU in percent per saliency source.",
-            "",
-            "| class | occurrence | size % | co-occ. % | " + " | ".join(f"IoU {s}" for s in sources) + " |",
-            "|---|---|---|---|" + "---|" * len(sources),
-        ]
-        for c in first["per_class"]:
-            st = stats.get(c["id"], {})
-            ious = [
-                format_pct(next(x["iou"] for x in evals[s]["per_class"] if x["id"] == c["id"]))
-                for s in sources
-            ]
-            lines.append(
-                f"| {c['name']} | {st.get('occurrence', float('nan')):.0f} | {format_pct(st.get('relative_size'))} | "
-                f"{format_pct(st.get('cooccurrence'))} | " + " | ".join(ious) + " |"
-            )
-        lines += ["", "Pearson correlation over the foreground classes with each source's IoU:", ""]
-        lines += ["| statistic | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
-        for stat in ("occurrence", "relative_size", "cooccurrence", "cardinality"):
-            row = [
-                evals[s].get("groups", {}).get("correlation", {}).get(stat, {}).get("iou") for s in sources
-            ]
-            lines.append(
-                f"| {stat} | " + " | ".join("–" if v is None or v != v else f"{v:+.2f}" for v in row) + " |"
-            )
-        return lines + [""]
+    def print_summary(self) -> None:
+        markdown.print_summary(self.cfg, self.results, self.timings, self.out)
 
 
 def run_pipeline(source: str | Path | dict, overrides: list[str] | None = None, out: str | None = None,
-                 progress: bool = True) -> dict:  # fmt: skip
+                 progress: bool = True, force: bool = False) -> dict:  # fmt: skip
     cfg = load_run_config(source, overrides)
     if out:
         cfg["out"] = out
-    return Pipeline(cfg, progress=progress).run()
+    return Pipeline(cfg, progress=progress, force=force).run()

@@ -54,7 +54,7 @@ Keys in detail:
 * ``tau``: ``best`` sweeps the base's ``pseudo.taus`` on the sweep split and keeps each source's
   best τ; a number fixes τ.
 * ``refine``: refinement steps (the run config's ``refine.steps``; ``crf`` = the label CRF of
-  METHODS.md §3) applied to every source's pseudo labels; each adds a column ``<source>+<step>``.
+  docs/methods.md §3) applied to every source's pseudo labels; each adds a column ``<source>+<step>``.
 * ``wsss bed CONFIG --set key=value``: a key of the bed config (``seeds=[0]``, ``out=…``) changes
   the bed; any other key (``cam.train.epochs=1``, ``pseudo.taus=[0.1,0.2]``) is appended to
   ``set``, i.e. passed to every cell.

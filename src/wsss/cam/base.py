@@ -30,9 +30,18 @@ from tqdm import tqdm
 
 from wsss import dist
 from wsss.cam.data import CamTrainData, EpochSampler, worker_init
+from wsss.config import check_field_types
 from wsss.data.base import Dataset
 from wsss.io import WsssError, atomic_path, atomic_write_text, write_run_json
-from wsss.models.cam_net import IMAGENET_MEAN, IMAGENET_STD, CamNet, resolve_device, save_cam_model
+from wsss.models.cam_net import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CamNet,
+    model_weights_path,
+    resolve_device,
+    save_cam_model,
+)
+from wsss.stage import dataset_settings, stage_run
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.safetensors"
@@ -131,9 +140,10 @@ class CamTrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise WsssError(f"{source}: unknown CAM training option(s) {unknown}; known: {sorted(known)}")
+        d = check_field_types(cls, d, source)
         try:
             return cls(**d)
-        except (TypeError, ValueError) as e:
+        except (WsssError, TypeError, ValueError) as e:
             raise WsssError(f"{source}: {e}") from None
 
 
@@ -535,11 +545,55 @@ class CamTrainer(abc.ABC):
             self.on_epoch_start(epoch)
             yield from self.loader(epoch, skip_batches=done)
 
+    #: ``--force``: empty the folder and train from scratch, whatever it holds
+    force = False
+    #: config fields that name files or folders: fingerprinted as inputs, not compared as strings
+    PATH_FIELDS = ("weights", "oc", "saliency", "labels")
+
+    def training_inputs(self) -> dict[str, Any]:
+        """The files and folders the network learns from besides the dataset's own (pinned by
+        content in ``settings.json``, so a finished model is reused only for the same ones)."""
+        c = self.config
+        saliency = None
+        if c.saliency:
+            saliency = (
+                Path(c.saliency) if Path(c.saliency).is_dir() else self.dataset.saliency_dir(c.saliency)
+            )
+        return {
+            "weights": c.weights,
+            "oc": model_weights_path(c.oc) if c.oc else None,
+            "saliency": saliency if saliency is not None and saliency.is_dir() else None,
+            "labels": getattr(c, "labels", None),
+        }
+
+    def record_settings(self) -> dict[str, Any]:
+        identity = self._identity()
+        config = {k: v for k, v in identity["config"].items() if k not in self.PATH_FIELDS}
+        return {**identity, "config": config, **dataset_settings(self.dataset, with_ids=True)}
+
     def train(self) -> Path:
         """Train (or resume) to the end; returns the final weights' path — or the checkpoint's
-        when ``stop_after_steps`` ended the run early."""
-        if self.model_path.is_file():
-            return self.model_path
+        when ``stop_after_steps`` ended the run early. A folder that holds a model or checkpoint
+        made with other settings or inputs is refused (``force``: trained again from scratch)."""
+        guard = (
+            stage_run(
+                self.out_dir,
+                self.stage_name,
+                self.record_settings(),
+                self.training_inputs(),
+                digests=("weights", "oc"),
+                force=self.force,
+            )  # fmt: skip
+            if self.is_main
+            else contextlib.nullcontext()
+        )
+        with guard:
+            dist.barrier()  # rank 0 has checked (or emptied) the folder before any rank reads it
+            if self.model_path.is_file():
+                return self.model_path
+            return self._train()
+
+    def _train(self) -> Path:
         self.load_checkpoint()
         dist.barrier()  # every rank has read the checkpoint before rank 0 may overwrite it
         c = self.config
@@ -654,13 +708,14 @@ def train_cam(
     config: CamTrainConfig,
     method: str = "cam",
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
-    """Train stage 1 into ``out_dir``; returns ``out_dir/model.safetensors`` (skips if it exists).
+    """Train stage 1 into ``out_dir``; returns ``out_dir/model.safetensors`` (a finished run with
+    the same settings and inputs is reused, one with others refused; ``force`` retrains).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) it joins the process group from the environment
     (NCCL on CUDA, gloo on CPU; see :func:`wsss.dist.init_from_env`) and trains with DDP.
     """
-    out_dir = Path(out_dir)
-    if (out_dir / MODEL_NAME).is_file():
-        return out_dir / MODEL_NAME
-    return build_trainer(dataset, out_dir, config, method, progress).train()
+    trainer = build_trainer(dataset, Path(out_dir), config, method, progress)
+    trainer.force = force
+    return trainer.train()

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Sampler
 
 from wsss.data.base import Dataset
-from wsss.io import WsssError, image_size, load_saliency
+from wsss.io import WsssError, check_saliency_file, image_size, load_saliency
 
 _ORDER_STREAM, _AUGMENT_STREAM = 0, 1
 
@@ -140,17 +140,14 @@ class CamTrainData(torch.utils.data.Dataset):
 
     def use_saliency(self, saliency_dir: str | os.PathLike) -> None:
         """Deliver ``<saliency_dir>/<id>.png`` with every sample; every map is checked now
-        (present, readable header, the image's size) so a bad one stops the run before training."""
+        (present, readable header, single-channel grey, the image's size) so a bad one stops
+        the run before training."""
         saliency_dir = Path(saliency_dir)
         for image_id in self.ids:
             path = saliency_dir / f"{image_id}.png"
             if not path.is_file():
                 raise WsssError(f"{path}: saliency map not found (for image {image_id!r})")
-            shape, expected = image_size(path), image_size(self.dataset.image_path(image_id))
-            if shape != expected:
-                raise WsssError(
-                    f"{path}: size {shape[1]}×{shape[0]} does not match the image {expected[1]}×{expected[0]}"
-                )
+            check_saliency_file(path, image_size(self.dataset.image_path(image_id)))
         self.saliency_dir = saliency_dir
 
     def __len__(self) -> int:

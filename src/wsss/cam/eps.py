@@ -1,5 +1,5 @@
 """Method "eps" (Lee et al. 2021, as WSSS-BED evaluates it): C + 1 class maps trained with
-the image-level classification loss and saliency feedback (METHODS.md §1).
+the image-level classification loss and saliency feedback (docs/methods.md §1).
 
 Also home of what every saliency-supervised method shares: :func:`saliency_feedback_loss`
 and :class:`SaliencyCamTrainer` (saliency source, C + 1 maps, method options).
@@ -28,7 +28,7 @@ def saliency_feedback_loss(
     overlap_threshold: float = 0.4,
     mu: float = 0.5,
 ) -> torch.Tensor:
-    """L_sal = mean (Ŝ − S)² of METHODS.md §1, from raw maps B×(C+1)×h×w (background last),
+    """L_sal = mean (Ŝ − S)² of docs/methods.md §1, from raw maps B×(C+1)×h×w (background last),
     saliency B×1×H×W in [0, 1] and multi-hot labels B×C.
 
     Present classes whose rounded map overlaps the rounded saliency by more than

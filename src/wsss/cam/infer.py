@@ -1,4 +1,4 @@
-"""CAM inference with test-time augmentation (METHODS.md §1) → ``<id>.npz`` per image.
+"""CAM inference with test-time augmentation (docs/methods.md §1) → ``<id>.npz`` per image.
 
 For each scale × {identity, h-flip}: relu(F), flip back, bilinear resize to the
 image size, sum; keep the image's classes; divide each map by its max + 1e-5.
@@ -21,16 +21,13 @@ from tqdm import tqdm
 from wsss.data.base import Dataset
 from wsss.io import (
     WsssError,
-    file_digest,
-    guard_output_dir,
     image_size,
     parse_shard,
     save_cam,
     shard_list,
-    shard_record_name,
-    write_run_json,
 )
 from wsss.models.cam_net import load_cam_model, model_weights_path
+from wsss.stage import dataset_settings, stage_run
 
 DEFAULT_SCALES = (0.5, 1.0, 1.5, 2.0)
 NORM_EPS = 1e-5
@@ -105,10 +102,12 @@ def infer_cams(
     batch_size: int = 8,
     progress: bool = True,
     ids: Sequence[str] | None = None,
+    force: bool = False,
 ) -> Path:
     """Write ``out_dir/<id>.npz`` (keys 1-based, cam float16 in [0, 1]) for ``ids`` (default: all).
 
-    Existing outputs are skipped (resume); ``shard=(i, N)`` or ``"i/N"`` takes every N-th id
+    Existing outputs are skipped (resume) while the model and settings are those that made
+    them (else refused; ``force`` recomputes all); ``shard=(i, N)`` or ``"i/N"`` takes every N-th id
     from the i-th (default: RANK/WORLD_SIZE from the environment). Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
@@ -123,57 +122,55 @@ def infer_cams(
     weights_file = model_weights_path(model_path)
     if not weights_file.is_file():
         raise WsssError(f"{weights_file}: CAM model not found")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    guard_output_dir(
-        out_dir,
-        "cam_infer",
-        {"model_sha256": file_digest(weights_file), "scales": list(scales), "flip": flip},
-    )
-    todo = [i for i in mine if not (out_dir / f"{i}.npz").is_file()]
-    start = time.perf_counter()
-    if todo:
-        model = load_cam_model(model_path, device)
-        model_file = Path(model_path)
-        if model.num_classes != dataset.num_classes - 1:
-            raise WsssError(
-                f"{model_file}: model has {model.num_classes} classes but {dataset.root} has "
-                f"{dataset.num_classes - 1} foreground classes"
+    settings = {"scales": list(scales), "flip": flip, **dataset_settings(dataset)}
+    with stage_run(out_dir, "cam_infer", settings, {"model": weights_file}, digests=("model",), force=force,
+                   shard=shard) as run:  # fmt: skip
+        todo = [i for i in mine if not (out_dir / f"{i}.npz").is_file()]
+        start = time.perf_counter()
+        if todo:
+            model = load_cam_model(model_path, device)
+            model_file = Path(model_path)
+            if model.num_classes != dataset.num_classes - 1:
+                raise WsssError(
+                    f"{model_file}: model has {model.num_classes} classes but {dataset.root} has "
+                    f"{dataset.num_classes - 1} foreground classes"
+                )
+            dev = next(model.parameters()).device
+            mean = torch.tensor(model.meta_info["mean"], device=dev).view(1, 3, 1, 1) * 255.0
+            std = torch.tensor(model.meta_info["std"], device=dev).view(1, 3, 1, 1) * 255.0
+            bar = tqdm(
+                total=len(todo), desc="infer cams", unit="img", disable=not progress, dynamic_ncols=True
             )
-        dev = next(model.parameters()).device
-        mean = torch.tensor(model.meta_info["mean"], device=dev).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(model.meta_info["std"], device=dev).view(1, 3, 1, 1) * 255.0
-        bar = tqdm(total=len(todo), desc="infer cams", unit="img", disable=not progress, dynamic_ncols=True)
-        with torch.inference_mode():
-            for chunk in batches_of_equal_size(dataset, todo, batch_size):
-                pixels = np.stack([dataset.image(i) for i in chunk])
-                images = torch.from_numpy(pixels).to(dev).permute(0, 3, 1, 2).float()
-                cams = tta_cams(model, (images - mean) / std, scales, flip)
-                for image_id, cam in zip(chunk, cams, strict=True):
-                    keys = dataset.labels(image_id)
-                    save_cam(out_dir / f"{image_id}.npz", keys, normalize_present(cam, keys).cpu().numpy())
-                bar.update(len(chunk))
-        bar.close()
-    elapsed = time.perf_counter() - start
-    if not todo:
-        return out_dir  # nothing new: keep the record of the run that wrote these CAMs
-    index, count = shard
-    write_run_json(
-        out_dir,
-        "cam_infer",
-        {
-            "model": str(model_path),
-            "scales": list(scales),
-            "flip": flip,
-            "batch_size": batch_size,
-            "shard": [index, count],
-        },
-        timings={"infer_s": round(elapsed, 2)},
-        extra={
-            "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.split},
-            "num_ids": len(mine),
-            "written": len(todo),
-            "images_per_s": round(len(todo) / elapsed, 2) if todo and elapsed > 0 else None,
-        },
-        name=shard_record_name(shard),
-    )
+            with torch.inference_mode():
+                for chunk in batches_of_equal_size(dataset, todo, batch_size):
+                    pixels = np.stack([dataset.image(i) for i in chunk])
+                    images = torch.from_numpy(pixels).to(dev).permute(0, 3, 1, 2).float()
+                    cams = tta_cams(model, (images - mean) / std, scales, flip)
+                    for image_id, cam in zip(chunk, cams, strict=True):
+                        keys = dataset.labels(image_id)
+                        save_cam(
+                            out_dir / f"{image_id}.npz", keys, normalize_present(cam, keys).cpu().numpy()
+                        )
+                    bar.update(len(chunk))
+            bar.close()
+        elapsed = time.perf_counter() - start
+        if not todo:
+            return out_dir  # nothing new: keep the record of the run that wrote these CAMs
+        index, count = shard
+        run.finish(
+            {
+                "model": str(model_path),
+                "scales": list(scales),
+                "flip": flip,
+                "batch_size": batch_size,
+                "shard": [index, count],
+            },
+            timings={"infer_s": round(elapsed, 2)},
+            extra={
+                "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.split},
+                "num_ids": len(mine),
+                "written": len(todo),
+                "images_per_s": round(len(todo) / elapsed, 2) if todo and elapsed > 0 else None,
+            },
+        )
     return out_dir

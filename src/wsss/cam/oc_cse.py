@@ -1,4 +1,4 @@
-"""Methods "oc-cse" and "p-oc" (METHODS.md §1): class-specific erasing checked by an
+"""Methods "oc-cse" and "p-oc" (docs/methods.md §1): class-specific erasing checked by an
 ordinary classifier. The generator's CAM of one present class r softly erases the image;
 a frozen classifier trained beforehand must then no longer see r (but still see the
 other classes), so the generator learns to cover all of r — and only r.

@@ -1,4 +1,4 @@
-"""Method "p-noc" (seed 001, METHODS.md §1): P-OC whose ordinary classifier is trained
+"""Method "p-noc" (seed 001, docs/methods.md §1): P-OC whose ordinary classifier is trained
 too, adversarially. A fixed oc is soon fooled by erasing the few regions it relies on;
 training it on images where the generator's confident region of r is cut out makes it
 look for the remaining evidence of r, which the generator must then cover as well.

@@ -1,4 +1,4 @@
-"""Method "puzzle" (Puzzle-CAM, METHODS.md §1): the CAMs of the whole image should equal
+"""Method "puzzle" (Puzzle-CAM, docs/methods.md §1): the CAMs of the whole image should equal
 the CAMs of its four 2×2 tiles put back together, which pushes the network to find every
 part of an object instead of its single most discriminative part.
 

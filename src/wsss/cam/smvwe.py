@@ -1,4 +1,4 @@
-"""Method "smvwe" (seed 002, METHODS.md §1): a visual-word codebook on the backbone features
+"""Method "smvwe" (seed 002, docs/methods.md §1): a visual-word codebook on the backbone features
 plus EPS's saliency feedback on C + 1 class maps.
 
 The word head (codebook, word classifier, word→image mapping) only shapes the backbone
@@ -63,7 +63,7 @@ class SmvweTrainer(SaliencyCamTrainer):
 
     method_options: ``num_words`` 256 (K), ``temperature`` 1.0 (T), ``sal_weight`` 1.0,
     ``overlap_threshold`` 0.4 (δ), ``mu`` 0.5, ``cam_cls_weight`` 1.0. The last term is not
-    among METHODS.md's three: it is the "classification network based on image-level labels"
+    among docs/methods.md's three: it is the "classification network based on image-level labels"
     whose C + 1 maps the seed evaluates; without it (``cam_cls_weight=0``, the literal
     three-term total) the class maps learn classes only through the saliency loss.
     """

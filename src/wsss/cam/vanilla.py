@@ -1,4 +1,4 @@
-"""Method "cam": the plain CAM classifier of METHODS.md §1, trained with the
+"""Method "cam": the plain CAM classifier of docs/methods.md §1, trained with the
 multilabel soft-margin loss (= mean BCE with logits over the C classes)."""
 
 from __future__ import annotations

@@ -147,22 +147,40 @@ class Dataset(abc.ABC):
 
 
 # --------------------------------------------------------------------------- shared readers
-def read_id_list(path: Path) -> list[str]:
+def _read_text(path: Path, what: str) -> str:
     if not path.is_file():
-        raise WsssError(f"{path}: split list not found")
-    ids = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+        raise WsssError(f"{path}: {what} not found" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise WsssError(f"{path}: {what} is not UTF-8 text") from None
+
+
+def read_id_list(path: Path) -> list[str]:
+    """A split list: one image id per line (first word), no id twice."""
+    ids = [ln.split()[0] for ln in _read_text(path, "split list").splitlines() if ln.strip()]
     if not ids:
-        raise WsssError(f"{path}: split list is empty")
+        raise WsssError(f"{path}: split list is empty; expected one image id per line")
+    seen: set[str] = set()
+    for image_id in ids:
+        if image_id in seen:
+            raise WsssError(f"{path}: image id {image_id!r} is listed twice; expected each id once")
+        seen.add(image_id)
     return ids
 
 
 def read_class_names(path: Path) -> list[str]:
-    """``class_names.txt``: one name per line, background first."""
-    if not path.is_file():
-        raise WsssError(f"{path}: class names file not found")
-    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    """``class_names.txt``: one name per line, background first, no name twice."""
+    names = [ln.strip() for ln in _read_text(path, "class names file").splitlines() if ln.strip()]
     if len(names) < 2:
-        raise WsssError(f"{path}: need background plus at least one class")
+        raise WsssError(
+            f"{path}: {len(names)} class name(s); expected background plus at least one class, one per line"
+        )
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise WsssError(f"{path}: class name(s) {dup} appear more than once; expected distinct names")
+    if len(names) > 255:
+        raise WsssError(f"{path}: {len(names)} class names; label PNGs hold at most 255 (255 = ignore)")
     return names
 
 

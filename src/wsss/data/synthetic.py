@@ -57,7 +57,7 @@ SALIENCY_SOURCES = {
     "poor": "a weak detector: misses most small objects, fires on distractors and context stuff, "
     "blurry, boundaries shifted by a few pixels",
 }
-# IA-mIoU size bounds of METHODS.md (32², 96² px) are for VOC's ~500×375 images.
+# IA-mIoU size bounds of docs/methods.md (32², 96² px) are for VOC's ~500×375 images.
 VOC_IMAGE_AREA = 187500
 VOC_SIZE_BOUNDS = (1024, 9216)
 SIZE_BUCKETS = ("small", "medium", "large")

@@ -41,7 +41,17 @@ class VOCDataset(Dataset):
         super().__init__(root, split)
         names_file = self.root / "class_names.txt"
         self.class_names = read_class_names(names_file) if names_file.is_file() else list(VOC_CLASSES)
-        self.ids = read_id_list(self.root / "ImageSets" / "Segmentation" / f"{split}.txt")
+        split_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not split_file.exists():
+            known = sorted(p.stem for p in split_file.parent.glob("*.txt"))
+            raise WsssError(f"{split_file}: split list not found (--split {split}); splits here: {known}")
+        self.ids = read_id_list(split_file)
+        no_image = [i for i in self.ids if not self.image_path(i).is_file()]
+        if no_image:
+            raise WsssError(
+                f"{split_file}: {len(no_image)} listed ids have no image in {self.root / self.image_dir}, "
+                f"e.g. {no_image[0]!r}; expected {no_image[0]}{self.image_ext}"
+            )
         labels_csv = self.root / "image_labels.csv"
         if labels_csv.is_file():
             labels = read_label_csv(labels_csv, self.class_names)

@@ -2,7 +2,7 @@
 
 mIoU pools pixels over the whole set, so a missed small object barely moves it;
 IA-mIoU scores each instance on its own and averages, so it does. Definition
-(METHODS.md §5, checked against the authors' code):
+(docs/methods.md §5, checked against the authors' code):
 
 * Instances: the instance-id PNG when given (id 0 = none, 255 = ignore; the
   class of an instance is the ground-truth class of most of its pixels), else

@@ -1,4 +1,4 @@
-"""The inter-pixel affinity (edge) network of IRN and the path affinity it defines (METHODS.md §3).
+"""The inter-pixel affinity (edge) network of IRN and the path affinity it defines (docs/methods.md §3).
 
 The net predicts one boundary map ``edge`` in [0, 1] at 1/4 of the image resolution, and the
 affinity of two cells i, j within a radius is ``a_ij = 1 − max edge on the straight path from i

@@ -1,4 +1,4 @@
-"""C²AM, the class-agnostic activation map of METHODS.md §2, and its losses.
+"""C²AM, the class-agnostic activation map of docs/methods.md §2, and its losses.
 
 The network learns, without any label, a map ``a`` that splits every image into two
 parts whose pooled features are alike across the batch (all foregrounds look like each
@@ -114,7 +114,7 @@ def c2am_loss(logits: torch.Tensor, features: torch.Tensor, alpha: float = 0.25)
 
 
 def hint_loss(logits: torch.Tensor, hints: torch.Tensor, threshold: float, smoothing: float) -> torch.Tensor:
-    """C²AM-H: BCE(logit, 1 − smoothing/2) where the CAM hint H ≥ threshold (METHODS.md §2);
+    """C²AM-H: BCE(logit, 1 − smoothing/2) where the CAM hint H ≥ threshold (docs/methods.md §2);
     ``hints`` B×1×H×W in [0, 1] are averaged down to the map's cells first. Zero when no
     cell of the batch is hinted."""
     cells = F.interpolate(hints.float(), logits.shape[-2:], mode="area")

@@ -1,4 +1,4 @@
-"""The CAM classifier of METHODS.md §1 and its on-disk form (safetensors + a small json).
+"""The CAM classifier of docs/methods.md §1 and its on-disk form (safetensors + a small json).
 
 backbone (stride 16) → 1×1 conv, C outputs, no bias → F; logits = GAP(F); CAM = relu(F).
 Saliency-supervised methods (EPS, SMVWE) add a background map, stored last (C + 1 maps);

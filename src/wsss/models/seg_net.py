@@ -1,4 +1,4 @@
-"""The segmentation network of stage 4 (METHODS.md §4) and its on-disk form (safetensors + json).
+"""The segmentation network of stage 4 (docs/methods.md §4) and its on-disk form (safetensors + json).
 
 SegNet = timm backbone (last stage dilated, output stride 16) + a registered head
 (:mod:`wsss.models.seg_heads`); the head's logits are upsampled bilinearly to the input, so

@@ -1,4 +1,4 @@
-"""Affinity labels from CAMs, and training the affinity (edge) network on them (METHODS.md §3).
+"""Affinity labels from CAMs, and training the affinity (edge) network on them (docs/methods.md §3).
 
 Labels (``<id>.png``: 0 background, k class, 255 uncertain) say which pixels confidently
 belong together; the net learns a boundary map whose path affinities fit them.
@@ -51,15 +51,12 @@ from wsss.data.base import Dataset
 from wsss.io import (
     IGNORE,
     WsssError,
-    guard_output_dir,
     image_size,
     load_label,
     load_saliency,
     parse_shard,
     save_label,
     shard_list,
-    shard_record_name,
-    write_run_json,
 )
 from wsss.models.affinity import (
     EDGE_STRIDE,
@@ -72,6 +69,7 @@ from wsss.models.affinity import (
 )
 from wsss.pseudo.crf import CrfParams, crf_labels
 from wsss.pseudo.threshold import load_checked_cam
+from wsss.stage import dataset_settings, stage_run
 
 __all__ = [
     "AFFINITY_OPTIONS",
@@ -183,8 +181,8 @@ def saliency_affinity_label(
 
 
 _LABEL_KEYS = {
-    "classic": ("mode", "cam_dir", "fg_threshold", "bg_threshold", "crf", "crf_params"),
-    "saliency": ("mode", "cam_dir", "saliency_dir", "sal_threshold", "cam_threshold", "crf", "crf_params"),
+    "classic": ("mode", "fg_threshold", "bg_threshold", "crf", "crf_params"),
+    "saliency": ("mode", "sal_threshold", "cam_threshold", "crf", "crf_params"),
 }
 
 
@@ -203,6 +201,7 @@ def make_affinity_labels(
     ids: Sequence[str] | None = None,
     shard: str | tuple[int, int] | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Write affinity labels ``out_dir/<id>.png`` (0 bg, k class, 255 uncertain); resumes,
     pins its settings (``settings.json``) and records ``run.json`` (per shard)."""
@@ -232,47 +231,49 @@ def make_affinity_labels(
         "crf_params": crf_params.to_dict() if crf else None,
         "shard": list(shard),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    guard_output_dir(out_dir, "affinity_labels", {k: config[k] for k in _LABEL_KEYS[mode]})
-
-    start = time.perf_counter()
-    todo = [i for i in mine if not (out_dir / f"{i}.png").is_file()]
-    counts = np.zeros(3, dtype=np.int64)  # background, class, uncertain pixels written
-    for image_id in tqdm(todo, desc=f"affinity labels ({mode})", unit="img", disable=not progress):
-        shape = image_size(dataset.image_path(image_id))
-        keys, cam = load_checked_cam(dataset, cam_dir, image_id, shape)
-        image = dataset.image(image_id) if crf else None
-        if mode == "classic":
-            label = classic_affinity_label(
-                cam, keys, image, fg_threshold, bg_threshold, crf, crf_params, source=cam_dir / image_id
-            )
-        else:
-            sal_path = Path(saliency_dir) / f"{image_id}.png"
-            saliency = load_saliency(sal_path, shape=shape)
-            label = saliency_affinity_label(
-                cam, keys, saliency, image, sal_threshold, cam_threshold, crf, crf_params, source=sal_path
-            )
-        save_label(out_dir / f"{image_id}.png", label)
-        counts += [(label == 0).sum(), ((label > 0) & (label != IGNORE)).sum(), (label == IGNORE).sum()]
-    if not todo:
-        return out_dir  # nothing new: keep the record of the run that wrote these labels
-    total = max(int(counts.sum()), 1)
-    write_run_json(
+    with stage_run(
         out_dir,
         "affinity_labels",
-        config,
-        timings={"total_s": round(time.perf_counter() - start, 3)},
-        extra={
-            "num_ids": len(mine),
-            "written": len(todo),
-            "fractions": {
-                "background": counts[0] / total,
-                "class": counts[1] / total,
-                "uncertain": counts[2] / total,
+        {**{k: config[k] for k in _LABEL_KEYS[mode]}, **dataset_settings(dataset)},
+        {"cams": cam_dir, "saliency": saliency_dir},
+        force=force,
+        shard=shard,
+    ) as run:
+        start = time.perf_counter()
+        todo = [i for i in mine if not (out_dir / f"{i}.png").is_file()]
+        counts = np.zeros(3, dtype=np.int64)  # background, class, uncertain pixels written
+        for image_id in tqdm(todo, desc=f"affinity labels ({mode})", unit="img", disable=not progress):
+            shape = image_size(dataset.image_path(image_id))
+            keys, cam = load_checked_cam(dataset, cam_dir, image_id, shape)
+            image = dataset.image(image_id) if crf else None
+            if mode == "classic":
+                label = classic_affinity_label(
+                    cam, keys, image, fg_threshold, bg_threshold, crf, crf_params, source=cam_dir / image_id
+                )
+            else:
+                sal_path = Path(saliency_dir) / f"{image_id}.png"
+                saliency = load_saliency(sal_path, shape=shape)
+                label = saliency_affinity_label(
+                    cam, keys, saliency, image, sal_threshold, cam_threshold, crf, crf_params, source=sal_path
+                )
+            save_label(out_dir / f"{image_id}.png", label)
+            counts += [(label == 0).sum(), ((label > 0) & (label != IGNORE)).sum(), (label == IGNORE).sum()]
+        if not todo:
+            return out_dir  # nothing new: keep the record of the run that wrote these labels
+        total = max(int(counts.sum()), 1)
+        run.finish(
+            config,
+            timings={"total_s": round(time.perf_counter() - start, 3)},
+            extra={
+                "num_ids": len(mine),
+                "written": len(todo),
+                "fractions": {
+                    "background": counts[0] / total,
+                    "class": counts[1] / total,
+                    "uncertain": counts[2] / total,
+                },
             },
-        },
-        name=shard_record_name(shard),
-    )
+        )
     return out_dir
 
 
@@ -434,6 +435,9 @@ class AffinityTrainer(CamTrainer):
             dataset, label_dir, c.crop_size, c.scale_range, c.hflip, c.mean, c.std, c.seed
         )
 
+    def training_inputs(self) -> dict[str, Any]:
+        return {**super().training_inputs(), "labels": self.label_dir}
+
     def build_models(self) -> None:
         c = self.config
         self.model = AffinityNet(
@@ -479,10 +483,11 @@ def train_affinity(
     out_dir: str | os.PathLike,
     config: CamTrainConfig,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Train the affinity net into ``out_dir``; returns ``out_dir/model.safetensors`` (a
-    finished run is skipped, an interrupted one resumes from its checkpoint)."""
-    out_dir = Path(out_dir)
-    if (out_dir / "model.safetensors").is_file():
-        return out_dir / "model.safetensors"
-    return AffinityTrainer(dataset, label_dir, out_dir, config, progress).train()
+    finished run with the same settings and inputs is reused, an interrupted one resumes from
+    its checkpoint, one with others is refused; ``force`` retrains)."""
+    trainer = AffinityTrainer(dataset, label_dir, Path(out_dir), config, progress)
+    trainer.force = force
+    return trainer.train()

@@ -1,6 +1,6 @@
 """Dense CRF (Krähenbühl & Koltun) as the WSSS repos use it: snap a coarse label map to image edges.
 
-METHODS.md §3: unary from labels with gt_prob 0.7; Gaussian kernel sxy 3, compat 3; bilateral
+docs/methods.md §3: unary from labels with gt_prob 0.7; Gaussian kernel sxy 3, compat 3; bilateral
 kernel sxy 50, srgb 5, compat 10; 10 mean-field iterations. :func:`crf_labels` is IRN's
 ``crf_inference_label`` (the saliency background cue and the random-walk affinity labels use
 it); :func:`crf_probs` is the softmax variant (unary = −log p) for soft maps.
@@ -43,7 +43,7 @@ def _prefix(source: str | os.PathLike | None) -> str:
 
 @dataclass
 class CrfParams:
-    """The dense-CRF settings; defaults are the WSSS repos' (METHODS.md §3).
+    """The dense-CRF settings; defaults are the WSSS repos' (docs/methods.md §3).
 
     A compat of 0 switches that kernel off (no term is added).
     """
@@ -83,14 +83,18 @@ class CrfParams:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> CrfParams:
-        """From a config section; an unknown key is an error rather than silently ignored."""
+    def from_dict(cls, values: dict[str, Any] | None, source: str = "CRF parameters") -> CrfParams:
+        """From a config section; an unknown key or a wrong type is an error naming ``source``."""
+        from wsss.config import check_field_types
+
+        if values is not None and not isinstance(values, dict):
+            raise WsssError(f"{source}: expected a mapping of CRF parameters, got {values!r}")
         values = dict(values or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise WsssError(f"unknown CRF parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+            raise WsssError(f"{source}: unknown CRF parameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**check_field_types(cls, values, source))
 
 
 def _import_densecrf() -> Any:

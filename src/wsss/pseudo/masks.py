@@ -1,4 +1,4 @@
-"""Class-agnostic masks for SEPL (METHODS.md §3): the file format, the generators, the stage.
+"""Class-agnostic masks for SEPL (docs/methods.md §3): the file format, the generators, the stage.
 
 SEPL only needs, per image, a set of overlapping binary masks; which model drew them is a
 choice, so a generator is a named, registered class like the saliency sources:
@@ -48,13 +48,11 @@ from wsss.io import (
     WsssError,
     atomic_write_bytes,
     file_digest,
-    guard_output_dir,
     image_size,
     parse_shard,
     shard_list,
-    shard_record_name,
-    write_run_json,
 )
+from wsss.stage import dataset_settings, stage_run
 
 __all__ = [
     "MASK_GENERATORS",
@@ -352,7 +350,7 @@ class GtInstancesGenerator(MaskGenerator):
 
 
 # --------------------------------------------------------------------------- SAM / SAM 2
-#: options of segment-anything's automatic mask generator (METHODS.md §3 defaults)
+#: options of segment-anything's automatic mask generator (docs/methods.md §3 defaults)
 AMG_DEFAULTS: dict[str, Any] = {
     "points_per_side": 32,
     "points_per_batch": 64,
@@ -553,6 +551,7 @@ def generate_masks(
     ids: Sequence[str] | None = None,
     shard: tuple[int, int] | str | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Write ``out_dir/<id>.npz`` for ``ids`` (default: the whole split), skipping existing
     files (resume). ``shard`` "i/N" takes every N-th id (default: RANK/WORLD_SIZE), so
@@ -561,41 +560,39 @@ def generate_masks(
     all_ids = dataset.select_ids(ids)
     shard = parse_shard(shard)
     mine = shard_list(all_ids, shard)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    settings = generator.settings()
-    guard_output_dir(out_dir, "masks", settings)
-    todo = [i for i in mine if not (out_dir / f"{i}.npz").is_file()]
-    counts = []
-    start = time.perf_counter()
-    for image_id in tqdm(todo, desc=f"masks {generator.generator_name}", unit="img", disable=not progress):
-        masks, scores = generator.generate(dataset, image_id)
-        expected = image_size(dataset.image_path(image_id))
-        if masks.ndim != 3 or masks.shape[1:] != expected:
-            raise WsssError(
-                f"{dataset.image_path(image_id)}: mask generator {generator.generator_name!r} returned "
-                f"masks of shape {masks.shape} for an image of {expected[1]}×{expected[0]}"
-            )
-        save_masks(out_dir / f"{image_id}.npz", masks, scores)
-        counts.append(masks.shape[0])
-    elapsed = time.perf_counter() - start
-    if todo:
-        write_run_json(
-            out_dir,
-            "masks",
-            {**settings, "shard": list(shard)},
-            timings={"masks_s": round(elapsed, 2)},
-            extra={
-                "description": generator.description,
-                "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.split},
-                "num_ids": len(mine),
-                "written": len(todo),
-                "seconds_per_image": round(elapsed / len(todo), 4),
-                "masks_per_image": {
-                    "mean": round(float(np.mean(counts)), 2),
-                    "min": int(np.min(counts)),
-                    "max": int(np.max(counts)),
+    settings = {**generator.settings(), **dataset_settings(dataset)}
+    with stage_run(out_dir, "masks", settings, {}, force=force, shard=shard) as run:
+        todo = [i for i in mine if not (out_dir / f"{i}.npz").is_file()]
+        counts = []
+        start = time.perf_counter()
+        for image_id in tqdm(
+            todo, desc=f"masks {generator.generator_name}", unit="img", disable=not progress
+        ):
+            masks, scores = generator.generate(dataset, image_id)
+            expected = image_size(dataset.image_path(image_id))
+            if masks.ndim != 3 or masks.shape[1:] != expected:
+                raise WsssError(
+                    f"{dataset.image_path(image_id)}: mask generator {generator.generator_name!r} returned "
+                    f"masks of shape {masks.shape} for an image of {expected[1]}×{expected[0]}"
+                )
+            save_masks(out_dir / f"{image_id}.npz", masks, scores)
+            counts.append(masks.shape[0])
+        elapsed = time.perf_counter() - start
+        if todo:
+            run.finish(
+                {**settings, "shard": list(shard)},
+                timings={"masks_s": round(elapsed, 2)},
+                extra={
+                    "description": generator.description,
+                    "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.split},
+                    "num_ids": len(mine),
+                    "written": len(todo),
+                    "seconds_per_image": round(elapsed / len(todo), 4),
+                    "masks_per_image": {
+                        "mean": round(float(np.mean(counts)), 2),
+                        "min": int(np.min(counts)),
+                        "max": int(np.max(counts)),
+                    },
                 },
-            },
-            name=shard_record_name(shard),
-        )
+            )
     return out_dir

@@ -1,5 +1,5 @@
 """Random walk on the learnt affinities: spread each class's CAM over its whole object
-(METHODS.md §3, IRN's ``propagate_to_edge``).
+(docs/methods.md §3, IRN's ``propagate_to_edge``).
 
 On the 1/4 grid of the edge map: ``A_ij = a_ij^β`` for cells within ``radius`` (a_ij = 1 −
 max edge on the path, :func:`wsss.models.affinity.path_affinity`; each cell has affinity 1
@@ -42,14 +42,10 @@ from tqdm import tqdm
 from wsss.data.base import Dataset
 from wsss.io import (
     WsssError,
-    file_digest,
-    guard_output_dir,
     image_size,
     parse_shard,
     save_cam,
     shard_list,
-    shard_record_name,
-    write_run_json,
 )
 from wsss.models.affinity import (
     EDGE_STRIDE,
@@ -60,6 +56,7 @@ from wsss.models.affinity import (
 )
 from wsss.models.cam_net import model_weights_path
 from wsss.pseudo.threshold import load_checked_cam
+from wsss.stage import dataset_settings, stage_run
 
 __all__ = [
     "affinity_matrix",
@@ -255,6 +252,7 @@ def refine_cams(
     ids: Sequence[str] | None = None,
     shard: str | tuple[int, int] | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Write random-walk refined CAMs ``out_dir/<id>.npz`` (same keys as the input CAMs);
     resumes, pins its settings (model sha256 included) and records ``run.json`` (per shard).
@@ -276,41 +274,45 @@ def refine_cams(
     shard = parse_shard(shard)
     mine = shard_list(dataset.select_ids(ids), shard)
     settings = {
-        "cam_dir": str(cam_dir),
-        "model_sha256": file_digest(weights_file),
+        **dataset_settings(dataset),
+        "mode": mode,
         "beta": float(beta),
         "num_squarings": int(num_squarings),
         "radius": int(radius),
         "flip": bool(flip),
         "normalize": normalize,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    guard_output_dir(out_dir, "random_walk", settings)
-    todo = [i for i in mine if not (out_dir / f"{i}.npz").is_file()]
-    if not todo:
-        return out_dir  # nothing new: keep the record of the run that wrote these maps
-    model = load_affinity_model(weights_file, device)
-    start = time.perf_counter()
-    for image_id in tqdm(todo, desc="random walk", unit="img", disable=not progress):
-        shape = image_size(dataset.image_path(image_id))
-        keys, cam = load_checked_cam(dataset, cam_dir, image_id, shape)
-        refined = refine_cam(
-            model, dataset.image(image_id), cam, beta, num_squarings, radius, flip, normalize, mode
-        )
-        save_cam(out_dir / f"{image_id}.npz", keys, refined)
-    elapsed = time.perf_counter() - start
-    write_run_json(
+    with stage_run(
         out_dir,
         "random_walk",
-        {**settings, "model": str(weights_file), "mode": mode, "shard": list(shard)},
-        timings={"total_s": round(elapsed, 3), "per_image_s": round(elapsed / len(todo), 4)},
-        extra={
-            "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.split},
-            "num_ids": len(mine),
-            "written": len(todo),
-            "suggested_tau": SUGGESTED_TAU,
-            "model_meta": model.meta_info,
-        },
-        name=shard_record_name(shard),
-    )
+        settings,
+        {"cams": cam_dir, "model": weights_file},
+        digests=("model",),
+        force=force,
+        shard=shard,
+    ) as run:
+        todo = [i for i in mine if not (out_dir / f"{i}.npz").is_file()]
+        if not todo:
+            return out_dir  # nothing new: keep the record of the run that wrote these maps
+        model = load_affinity_model(weights_file, device)
+        start = time.perf_counter()
+        for image_id in tqdm(todo, desc="random walk", unit="img", disable=not progress):
+            shape = image_size(dataset.image_path(image_id))
+            keys, cam = load_checked_cam(dataset, cam_dir, image_id, shape)
+            refined = refine_cam(
+                model, dataset.image(image_id), cam, beta, num_squarings, radius, flip, normalize, mode
+            )
+            save_cam(out_dir / f"{image_id}.npz", keys, refined)
+        elapsed = time.perf_counter() - start
+        run.finish(
+            {**settings, "model": str(weights_file), "mode": mode, "shard": list(shard)},
+            timings={"total_s": round(elapsed, 3), "per_image_s": round(elapsed / len(todo), 4)},
+            extra={
+                "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.split},
+                "num_ids": len(mine),
+                "written": len(todo),
+                "suggested_tau": SUGGESTED_TAU,
+                "model_meta": model.meta_info,
+            },
+        )
     return out_dir

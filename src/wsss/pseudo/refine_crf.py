@@ -1,4 +1,4 @@
-"""``wsss refine crf``: dense CRF over a folder of pseudo labels or of CAMs (METHODS.md §3).
+"""``wsss refine crf``: dense CRF over a folder of pseudo labels or of CAMs (docs/methods.md §3).
 
 Two inputs, as the WSSS repos use them:
 
@@ -26,17 +26,15 @@ from tqdm import tqdm
 from wsss.data.base import Dataset
 from wsss.io import (
     WsssError,
-    guard_output_dir,
     image_size,
     load_label,
     parse_shard,
     save_label,
     shard_list,
-    shard_record_name,
-    write_run_json,
 )
 from wsss.pseudo.crf import CrfParams, crf_labels, crf_probs
 from wsss.pseudo.threshold import load_checked_cam
+from wsss.stage import dataset_settings, stage_run
 
 SCORE_EPS = 1e-5
 
@@ -73,6 +71,7 @@ def crf_refine(
     params: CrfParams | None = None,
     shard: str | tuple[int, int] | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Write CRF-refined label maps ``out_dir/<id>.png`` from ``labels_dir`` (pseudo labels)
     or from ``cam_dir`` with background score ``tau``; exactly one of the two."""
@@ -88,46 +87,42 @@ def crf_refine(
     shard = parse_shard(shard)
     settings = {
         "input": "labels" if labels_dir is not None else "cams",
-        "dir": str(source_dir.resolve()),
+        **dataset_settings(dataset),
         "tau": None if tau is None else float(tau),
         "crf": params.to_dict(),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    guard_output_dir(out_dir, "refine_crf", settings)
-    mine = shard_list(list(dataset.ids), shard)
-    todo = [i for i in mine if not (out_dir / f"{i}.png").is_file()]
-    start = time.perf_counter()
-    for image_id in tqdm(todo, desc="dense CRF", unit="img", disable=not progress):
-        image = dataset.image(image_id)
-        keys = dataset.labels(image_id)
-        if labels_dir is not None:
-            path = source_dir / f"{image_id}.png"
-            label = load_label(path, num_classes=dataset.num_classes, shape=image.shape[:2])
-            bad = np.setdiff1d(np.unique(label), np.concatenate([[0, 255], keys]))
-            if bad.size:
-                raise WsssError(
-                    f"{path}: labels {bad.tolist()} are not among the image's classes {keys.tolist()}"
+    with stage_run(out_dir, "refine_crf", settings, {"source": source_dir}, force=force, shard=shard) as run:
+        mine = shard_list(list(dataset.ids), shard)
+        todo = [i for i in mine if not (out_dir / f"{i}.png").is_file()]
+        start = time.perf_counter()
+        for image_id in tqdm(todo, desc="dense CRF", unit="img", disable=not progress):
+            image = dataset.image(image_id)
+            keys = dataset.labels(image_id)
+            if labels_dir is not None:
+                path = source_dir / f"{image_id}.png"
+                label = load_label(path, num_classes=dataset.num_classes, shape=image.shape[:2])
+                bad = np.setdiff1d(np.unique(label), np.concatenate([[0, 255], keys]))
+                if bad.size:
+                    raise WsssError(
+                        f"{path}: labels {bad.tolist()} are not among the image's classes {keys.tolist()}"
+                    )
+                refined = crf_on_label(image, label, keys, params, source=path)
+            else:
+                keys, cam = load_checked_cam(
+                    dataset, source_dir, image_id, image_size(dataset.image_path(image_id))
                 )
-            refined = crf_on_label(image, label, keys, params, source=path)
-        else:
-            keys, cam = load_checked_cam(
-                dataset, source_dir, image_id, image_size(dataset.image_path(image_id))
+                refined = crf_on_cam(image, cam, keys, float(tau), params, source=source_dir / image_id)
+            save_label(out_dir / f"{image_id}.png", refined)
+        elapsed = time.perf_counter() - start
+        if todo:
+            run.finish(
+                {**settings, "shard": list(shard)},
+                timings={"crf_s": round(elapsed, 2)},
+                extra={
+                    "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.split},
+                    "num_ids": len(mine),
+                    "written": len(todo),
+                    "seconds_per_image": round(elapsed / len(todo), 4),
+                },
             )
-            refined = crf_on_cam(image, cam, keys, float(tau), params, source=source_dir / image_id)
-        save_label(out_dir / f"{image_id}.png", refined)
-    elapsed = time.perf_counter() - start
-    if todo:
-        write_run_json(
-            out_dir,
-            "refine_crf",
-            {**settings, "shard": list(shard)},
-            timings={"crf_s": round(elapsed, 2)},
-            extra={
-                "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.split},
-                "num_ids": len(mine),
-                "written": len(todo),
-                "seconds_per_image": round(elapsed / len(todo), 4),
-            },
-            name=shard_record_name(shard),
-        )
     return out_dir

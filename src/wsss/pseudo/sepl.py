@@ -1,4 +1,4 @@
-"""SAM-enhanced pseudo labels, SEPL (seed 003, METHODS.md §3): class-agnostic masks snap a
+"""SAM-enhanced pseudo labels, SEPL (seed 003, docs/methods.md §3): class-agnostic masks snap a
 pseudo label to object boundaries.
 
 For a pseudo label P (0 = background, 1..K classes, 255 = ignore) and masks S_1..S_N:
@@ -45,18 +45,16 @@ from wsss.io import (
     IGNORE,
     WsssError,
     atomic_write_text,
-    guard_output_dir,
     image_size,
     load_label,
     parse_shard,
     read_json,
     save_label,
     shard_list,
-    shard_record_name,
-    write_run_json,
 )
 from wsss.metrics.confusion import ConfusionMetric
 from wsss.pseudo.masks import load_masks
+from wsss.stage import dataset_settings, stage_run
 
 __all__ = ["make_sepl_labels", "sepl_merge", "sepl_merge_with_stats", "stats_file_name"]
 
@@ -210,6 +208,7 @@ def make_sepl_labels(
     ids: Sequence[str] | None = None,
     shard: tuple[int, int] | str | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write SEPL labels ``out_dir/<id>.png`` from ``pseudo_dir/<id>.png`` and
     ``masks_dir/<id>.npz``, skipping existing outputs (resume).
@@ -232,78 +231,73 @@ def make_sepl_labels(
     shard = parse_shard(shard)
     mine = shard_list(all_ids, shard)
     settings = {
-        "pseudo_dir": str(pseudo_dir.resolve()),
-        "masks_dir": str(masks_dir.resolve()),
+        **dataset_settings(dataset),
         "region_threshold": float(region_threshold),
         "mask_threshold": float(mask_threshold),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    guard_output_dir(out_dir, "sepl", settings)
+    inputs = {"pseudo": pseudo_dir, "masks": masks_dir}
+    with stage_run(out_dir, "sepl", settings, inputs, force=force, shard=shard) as run:
+        k = dataset.num_classes
+        total_before, total_after = ConfusionMetric(k), ConfusionMetric(k)
+        rows = []
+        written = with_gt = 0
+        start = time.perf_counter()
+        for image_id in tqdm(mine, desc="sepl", unit="img", disable=not progress):
+            shape = image_size(dataset.image_path(image_id))
+            label = load_label(pseudo_dir / f"{image_id}.png", k, shape)
+            out_path = out_dir / f"{image_id}.png"
+            merge_stats: dict[str, Any] = {}
+            if out_path.is_file():
+                refined = load_label(out_path, k, shape)
+            else:
+                masks = load_masks(masks_dir / f"{image_id}.npz", shape)
+                refined, merge_stats = sepl_merge_with_stats(label, masks, region_threshold, mask_threshold)
+                save_label(out_path, refined)
+                written += 1
+            row: dict[str, Any] = {"id": image_id, **{c: merge_stats.get(c) for c in _STATS_COLUMNS[7:]}}
+            gt_path = dataset.gt_path(image_id)
+            if gt_path is not None:
+                gt = load_label(gt_path, k, shape)
+                before, after = ConfusionMetric(k), ConfusionMetric(k)
+                before.process(label, gt)
+                after.process(refined, gt)
+                total_before.merge(before)
+                total_after.merge(after)
+                for when, metric in (("before", before), ("after", after)):
+                    row.update({f"{name}_{when}": value for name, value in _summary(metric).items()})
+                with_gt += 1
+            rows.append(row)
+        elapsed = time.perf_counter() - start
 
-    k = dataset.num_classes
-    total_before, total_after = ConfusionMetric(k), ConfusionMetric(k)
-    rows = []
-    written = with_gt = 0
-    start = time.perf_counter()
-    for image_id in tqdm(mine, desc="sepl", unit="img", disable=not progress):
-        shape = image_size(dataset.image_path(image_id))
-        label = load_label(pseudo_dir / f"{image_id}.png", k, shape)
-        out_path = out_dir / f"{image_id}.png"
-        merge_stats: dict[str, Any] = {}
-        if out_path.is_file():
-            refined = load_label(out_path, k, shape)
-        else:
-            masks = load_masks(masks_dir / f"{image_id}.npz", shape)
-            refined, merge_stats = sepl_merge_with_stats(label, masks, region_threshold, mask_threshold)
-            save_label(out_path, refined)
-            written += 1
-        row: dict[str, Any] = {"id": image_id, **{c: merge_stats.get(c) for c in _STATS_COLUMNS[7:]}}
-        gt_path = dataset.gt_path(image_id)
-        if gt_path is not None:
-            gt = load_label(gt_path, k, shape)
-            before, after = ConfusionMetric(k), ConfusionMetric(k)
-            before.process(label, gt)
-            after.process(refined, gt)
-            total_before.merge(before)
-            total_after.merge(after)
-            for when, metric in (("before", before), ("after", after)):
-                row.update({f"{name}_{when}": value for name, value in _summary(metric).items()})
-            with_gt += 1
-        rows.append(row)
-    elapsed = time.perf_counter() - start
+        buf = _io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=_STATS_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: _fmt(row.get(c)) for c in _STATS_COLUMNS})
+        stats_path = out_dir / stats_file_name(shard)
+        atomic_write_text(stats_path, buf.getvalue())
 
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=_STATS_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: _fmt(row.get(c)) for c in _STATS_COLUMNS})
-    stats_path = out_dir / stats_file_name(shard)
-    atomic_write_text(stats_path, buf.getvalue())
-
-    result = {
-        "num_images": len(mine),
-        "written": written,
-        "skipped_existing": len(mine) - written,
-        "with_gt": with_gt,
-        "before": _summary(total_before) if with_gt else None,
-        "after": _summary(total_after) if with_gt else None,
-        "stats_csv": str(stats_path),
-    }
-    if written:
-        masks_settings = masks_dir / "settings.json"
-        write_run_json(
-            out_dir,
-            "sepl",
-            {**settings, "shard": list(shard)},
-            timings={"sepl_s": round(elapsed, 2)},
-            extra={
-                "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.split},
-                "masks_settings": read_json(masks_settings) if masks_settings.is_file() else None,
-                "seconds_per_image": round(elapsed / len(mine), 4),
-                **{key: result[key] for key in ("num_images", "written", "skipped_existing", "with_gt")},
-                "before": result["before"],
-                "after": result["after"],
-            },
-            name=shard_record_name(shard),
-        )
+        result = {
+            "num_images": len(mine),
+            "written": written,
+            "skipped_existing": len(mine) - written,
+            "with_gt": with_gt,
+            "before": _summary(total_before) if with_gt else None,
+            "after": _summary(total_after) if with_gt else None,
+            "stats_csv": str(stats_path),
+        }
+        if written:
+            masks_settings = masks_dir / "settings.json"
+            run.finish(
+                {**settings, **run.input_paths(pseudo_dir="pseudo", masks_dir="masks"), "shard": list(shard)},
+                timings={"sepl_s": round(elapsed, 2)},
+                extra={
+                    "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.split},
+                    "masks_settings": read_json(masks_settings) if masks_settings.is_file() else None,
+                    "seconds_per_image": round(elapsed / len(mine), 4),
+                    **{key: result[key] for key in ("num_images", "written", "skipped_existing", "with_gt")},
+                    "before": result["before"],
+                    "after": result["after"],
+                },
+            )
     return result

@@ -13,7 +13,6 @@ computes them once per image (:func:`cam_peak`) and then only compares
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +23,14 @@ from wsss.io import (
     IGNORE,
     WsssError,
     find_cam,
-    guard_output_dir,
     image_size,
     load_cam,
     load_saliency,
     parse_shard,
     save_label,
     shard_list,
-    shard_record_name,
-    write_run_json,
 )
+from wsss.stage import dataset_settings, stage_run
 
 __all__ = [
     "ThresholdLabeller",
@@ -146,9 +143,6 @@ def _saliency_file(saliency_dir: str | Path, image_id: str) -> Path:
     return Path(saliency_dir) / f"{image_id}.png"
 
 
-_RESUME_KEYS = ("cam_dir", "tau", "saliency_dir", "sal_threshold", "ignore_salient_bg")
-
-
 def make_pseudo_labels(
     dataset: Dataset,
     cam_dir: str | Path,
@@ -159,11 +153,13 @@ def make_pseudo_labels(
     ignore_salient_bg: bool = True,
     shard: str | tuple[int, int] | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Stage 3 (threshold): write ``out_dir/<id>.png`` for the images of this shard.
 
-    Existing outputs are kept (resume); a ``run.json`` (``run.shard<i>of<N>.json``
-    when sharded, so shards never overwrite each other) records every parameter.
+    Existing outputs are kept (resume) when the settings and the CAM/saliency files are
+    those that made them (else refused; ``force`` recomputes); a ``run.json``
+    (``run.shard<i>of<N>.json`` when sharded) records every parameter.
     """
     _check_tau(tau)
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
@@ -171,50 +167,42 @@ def make_pseudo_labels(
         raise WsssError(f"{cam_dir}: CAM folder not found")
     if saliency_dir is not None and not Path(saliency_dir).is_dir():
         raise WsssError(f"{saliency_dir}: saliency folder not found")
-    shard_index, shard_count = parse_shard(shard)
-    config = {
-        "dataset": dataset.kind,
-        "root": str(dataset.root),
-        "split": dataset.split,
-        "cam_dir": str(cam_dir),
+    shard = parse_shard(shard)
+    settings = {
+        **dataset_settings(dataset),
         "tau": float(tau),
-        "saliency_dir": None if saliency_dir is None else str(saliency_dir),
-        "sal_threshold": float(sal_threshold),
-        "ignore_salient_bg": bool(ignore_salient_bg),
-        "shard": f"{shard_index}/{shard_count}",
+        "sal_threshold": float(sal_threshold) if saliency_dir is not None else None,
+        "ignore_salient_bg": bool(ignore_salient_bg) if saliency_dir is not None else None,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    guard_output_dir(out_dir, "pseudo", {k: config[k] for k in _RESUME_KEYS})
-
-    start = time.perf_counter()
-    ids = shard_list(list(dataset.ids), (shard_index, shard_count))
-    written = skipped = 0
-    for image_id in tqdm(ids, desc="pseudo labels", unit="img", disable=not progress):
-        out_path = out_dir / f"{image_id}.png"
-        if out_path.is_file():
-            skipped += 1
-            continue
-        shape = image_size(dataset.image_path(image_id))
-        keys, cam = load_checked_cam(dataset, cam_dir, image_id, shape)
-        saliency = None
-        if saliency_dir is not None:
-            saliency = load_saliency(_saliency_file(saliency_dir, image_id), shape=shape)
-        label = threshold_pseudo_label(cam, keys, tau, saliency, sal_threshold, ignore_salient_bg)
-        save_label(out_path, label)
-        written += 1
-
-    name = shard_record_name((shard_index, shard_count))
-    write_run_json(
-        out_dir,
-        "pseudo",
-        config,
-        timings={"total_s": time.perf_counter() - start},
-        extra={
-            "method": "threshold",
-            "num_images": len(ids),
-            "written": written,
-            "skipped_existing": skipped,
-        },
-        name=name,
-    )
+    inputs = {"cams": cam_dir, "saliency": saliency_dir}
+    with stage_run(out_dir, "pseudo", settings, inputs, force=force, shard=shard) as run:
+        ids = shard_list(list(dataset.ids), shard)
+        written = skipped = 0
+        for image_id in tqdm(ids, desc="pseudo labels", unit="img", disable=not progress):
+            out_path = out_dir / f"{image_id}.png"
+            if out_path.is_file():
+                skipped += 1
+                continue
+            shape = image_size(dataset.image_path(image_id))
+            keys, cam = load_checked_cam(dataset, cam_dir, image_id, shape)
+            saliency = None
+            if saliency_dir is not None:
+                saliency = load_saliency(_saliency_file(saliency_dir, image_id), shape=shape)
+            label = threshold_pseudo_label(cam, keys, tau, saliency, sal_threshold, ignore_salient_bg)
+            save_label(out_path, label)
+            written += 1
+        run.finish(
+            {
+                **settings,
+                "split": dataset.split,
+                **run.input_paths(cam_dir="cams", saliency_dir="saliency"),
+                "shard": f"{shard[0]}/{shard[1]}",
+            },  # fmt: skip
+            extra={
+                "method": "threshold",
+                "num_images": len(ids),
+                "written": written,
+                "skipped_existing": skipped,
+            },
+        )
     return out_dir

@@ -27,15 +27,13 @@ from wsss.config import merge_options
 from wsss.data.base import Dataset
 from wsss.io import (
     WsssError,
-    guard_output_dir,
     image_size,
     parse_shard,
     save_saliency,
     shard_list,
-    shard_record_name,
     write_json,
-    write_run_json,
 )
+from wsss.stage import dataset_settings, stage_run
 
 PROVENANCE_NAME = "provenance.json"
 
@@ -77,9 +75,16 @@ class SaliencySource(abc.ABC):
     def predict(self, dataset: Dataset, image_id: str) -> np.ndarray:
         """float32 H×W in [0, 1] at the image's size, 1 = salient."""
 
+    #: options that name a file or folder: fingerprinted as inputs, not compared as strings
+    path_options: tuple[str, ...] = ("dir", "model", "cams")
+
     def settings(self) -> dict[str, Any]:
         """What determines every output map (pinned in ``settings.json``)."""
         return {"source": self.source_name, "options": self.options}
+
+    def inputs(self) -> dict[str, Any]:
+        """The files and folders the maps are made from (see :func:`wsss.stage.stage_run`)."""
+        return {k: self.options[k] for k in self.path_options if self.options.get(k)}
 
     def provenance(self) -> dict[str, Any]:
         """Seed 000 asks every paper to state its saliency source: this is that statement."""
@@ -100,12 +105,13 @@ def make_saliency(
     shard: tuple[int, int] | str | None = None,
     cue: dict[str, Any] | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Write ``out_dir/<id>.png`` for ``ids`` (default: the whole split), skipping existing
-    maps (resume). ``shard`` "i/N" takes every N-th id (default: RANK/WORLD_SIZE).
+    maps (resume; ``force`` recomputes them all). ``shard`` "i/N" takes every N-th id (default: RANK/WORLD_SIZE).
 
     ``cue={"threshold": t, "crf": bool}`` turns each map into a binary background cue
-    (METHODS.md §2: threshold, then dense CRF when pydensecrf is installed) instead of
+    (docs/methods.md §2: threshold, then dense CRF when pydensecrf is installed) instead of
     writing the continuous map.
     """
     out_dir = Path(out_dir)
@@ -113,38 +119,39 @@ def make_saliency(
     shard = parse_shard(shard)
     mine = shard_list(all_ids, shard)
     cue = _check_cue(cue, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    source.prepare(dataset, out_dir, progress)
-    guard_output_dir(out_dir, "saliency", {**source.settings(), "cue": cue})
-    write_json(out_dir / PROVENANCE_NAME, {**source.provenance(), "cue": cue})
-    todo = [i for i in mine if not (out_dir / f"{i}.png").is_file()]
-    start = time.perf_counter()
-    for image_id in tqdm(todo, desc=f"saliency {source.source_name}", unit="img", disable=not progress):
-        sal = np.asarray(source.predict(dataset, image_id), dtype=np.float32)
-        expected = image_size(dataset.image_path(image_id))
-        if sal.shape != expected:
-            raise WsssError(
-                f"{dataset.image_path(image_id)}: saliency source {source.source_name!r} returned a "
-                f"map of shape {sal.shape} for an image of {expected[1]}×{expected[0]}"
+    options = {k: v for k, v in source.options.items() if k not in source.path_options}
+    settings = {"source": source.source_name, "options": options, "cue": cue, **dataset_settings(dataset)}
+    inputs = source.inputs()
+    with stage_run(
+        out_dir, "saliency", settings, inputs, digests=("model",), force=force, shard=shard
+    ) as run:
+        source.prepare(dataset, out_dir, progress)
+        write_json(out_dir / PROVENANCE_NAME, {**source.provenance(), "cue": cue})
+        todo = [i for i in mine if not (out_dir / f"{i}.png").is_file()]
+        start = time.perf_counter()
+        for image_id in tqdm(todo, desc=f"saliency {source.source_name}", unit="img", disable=not progress):
+            sal = np.asarray(source.predict(dataset, image_id), dtype=np.float32)
+            expected = image_size(dataset.image_path(image_id))
+            if sal.shape != expected:
+                raise WsssError(
+                    f"{dataset.image_path(image_id)}: saliency source {source.source_name!r} returned a "
+                    f"map of shape {sal.shape} for an image of {expected[1]}×{expected[0]}"
+                )
+            if cue is not None:
+                sal = background_cue(sal, dataset.image(image_id), cue["threshold"], cue["crf"])
+            save_saliency(out_dir / f"{image_id}.png", np.clip(sal, 0.0, 1.0))
+        elapsed = time.perf_counter() - start
+        if todo:
+            run.finish(
+                {**source.settings(), "cue": cue, "shard": list(shard)},
+                timings={"saliency_s": round(elapsed, 2)},
+                extra={
+                    "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.split},
+                    "num_ids": len(mine),
+                    "written": len(todo),
+                    "images_per_s": round(len(todo) / elapsed, 2) if elapsed > 0 else None,
+                },
             )
-        if cue is not None:
-            sal = background_cue(sal, dataset.image(image_id), cue["threshold"], cue["crf"])
-        save_saliency(out_dir / f"{image_id}.png", np.clip(sal, 0.0, 1.0))
-    elapsed = time.perf_counter() - start
-    if todo:
-        write_run_json(
-            out_dir,
-            "saliency",
-            {**source.settings(), "cue": cue, "shard": list(shard)},
-            timings={"saliency_s": round(elapsed, 2)},
-            extra={
-                "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.split},
-                "num_ids": len(mine),
-                "written": len(todo),
-                "images_per_s": round(len(todo) / elapsed, 2) if elapsed > 0 else None,
-            },
-            name=shard_record_name(shard),
-        )
     return out_dir
 
 

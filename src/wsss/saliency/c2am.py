@@ -1,4 +1,4 @@
-"""Saliency learnt without masks: C²AM and C²AM-H (METHODS.md §2).
+"""Saliency learnt without masks: C²AM and C²AM-H (docs/methods.md §2).
 
 Training reuses the CAM training base (:class:`wsss.cam.base.CamTrainer`: data,
 optimiser, poly schedule, checkpoint/resume, DDP); this file only adds the network,
@@ -70,6 +70,7 @@ class C2amTrainer(CamTrainer):
             )
         self.options = {**C2AM_OPTIONS, **config.method_options}
         self.use_hints = hints_dir is not None
+        self.hints_path = None if hints_dir is None else Path(hints_dir)
         if self.use_hints:
             self.method_name = "c2am-h"
         self.border_sums = torch.zeros(2)  # (sum, count) of a on the frame during epoch 0
@@ -77,6 +78,9 @@ class C2amTrainer(CamTrainer):
         super().__init__(dataset, out_dir, config, progress)
         if hints_dir is not None:
             self.data.use_saliency(hints_dir)
+
+    def training_inputs(self) -> dict[str, Any]:
+        return {**super().training_inputs(), "hints": self.hints_path}
 
     def build_models(self) -> None:
         c = self.config
@@ -131,12 +135,13 @@ def train_c2am(
     config: CamTrainConfig,
     hints_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
-    """Train C²AM (C²AM-H with ``hints_dir``) into ``out_dir``; skips a finished run."""
-    out_dir = Path(out_dir)
-    if (out_dir / "model.safetensors").is_file():
-        return out_dir / "model.safetensors"
-    return C2amTrainer(dataset, out_dir, config, progress, hints_dir).train()
+    """Train C²AM (C²AM-H with ``hints_dir``) into ``out_dir``; reuses a finished run made
+    with the same settings and inputs (``force``: retrain)."""
+    trainer = C2amTrainer(dataset, Path(out_dir), config, progress, hints_dir)
+    trainer.force = force
+    return trainer.train()
 
 
 def write_hints(

@@ -89,11 +89,7 @@ class FolderSource(SaliencySource):
         return Path(self.options["dir"])
 
     def prepare(self, dataset: Dataset, out_dir: Path, progress: bool = True) -> None:
-        if Path(out_dir).resolve() == self.folder:
-            raise WsssError(
-                f"{out_dir}: the output folder is the folder being imported (option dir); "
-                "every map would count as done and none would be checked — write to another folder"
-            )
+        # (an output folder that is the imported one is refused by the stage contract)
         self._index = None  # list the folder as it is now, not as an earlier run saw it
 
     def maps(self) -> dict[str, list[Path]]:

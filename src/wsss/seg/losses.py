@@ -1,6 +1,6 @@
 """Segmentation losses of stage 4: CE, size-weighted CE and size-balanced CE with EWC (seed 004).
 
-Definitions (METHODS.md §4, which was checked against the authors' code; the seed's
+Definitions (docs/methods.md §4, which was checked against the authors' code; the seed's
 Eq. 3-5 were lost in the text conversion):
 
 * Components: for each image and each foreground class, the connected components K of
@@ -11,7 +11,7 @@ Eq. 3-5 were lost in the text conversion):
 * Size weight: a pixel of K gets ``w = min(τ, |FG| / |K|)``, |FG| = all foreground
   pixels of that image (every class together, ignore excluded); background ``w = 1``;
   ignore ``w = 0``. |K| ≤ |FG|, so foreground weights lie in [1, τ]. (The seed's
-  prose also names the number of instances per class; METHODS.md's image-wide |FG|
+  prose also names the number of instances per class; docs/methods.md's image-wide |FG|
   is what the authors' code does.)
 * Loss: ``Σ w·ℓ / Σ w`` over all pixels of the batch (ℓ = per-pixel CE); with w = 1
   on labelled pixels this is the usual mean CE over non-ignored pixels.

@@ -3,7 +3,7 @@
 For each scale × {identity, h-flip}: resize the image (bilinear), forward, softmax, flip
 back, resize the probabilities to the image, sum; the mean over the passes is a
 probability map, optionally refined by a dense CRF (:func:`wsss.pseudo.crf.crf_probs`,
-unary −log p), then argmax. METHODS.md gives no test-time scales for the segmentation
+unary −log p), then argmax. docs/methods.md gives no test-time scales for the segmentation
 net; the default is DeepLab-V3+'s evaluation set up to 1.5. The flip pair and images of
 equal size go through the network as one batch.
 """
@@ -24,17 +24,14 @@ from wsss.cam.infer import batches_of_equal_size, tta_sum
 from wsss.data.base import Dataset
 from wsss.io import (
     WsssError,
-    file_digest,
-    guard_output_dir,
     parse_shard,
     save_label,
     shard_list,
-    shard_record_name,
-    write_run_json,
 )
 from wsss.models.cam_net import model_weights_path
 from wsss.models.seg_net import load_seg_model
 from wsss.pseudo.crf import CrfParams, crf_probs
+from wsss.stage import dataset_settings, stage_run
 
 __all__ = ["DEFAULT_SCALES", "predict_seg", "tta_probs"]
 
@@ -61,6 +58,7 @@ def predict_seg(
     batch_size: int = 4,
     progress: bool = True,
     ids: Sequence[str] | None = None,
+    force: bool = False,
 ) -> Path:
     """Write ``out_dir/<id>.png`` for ``ids`` (default: the whole split); returns ``out_dir``.
 
@@ -80,57 +78,54 @@ def predict_seg(
     weights_file = model_weights_path(model_path)
     if not weights_file.is_file():
         raise WsssError(f"{weights_file}: segmentation model not found")
-    out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
-        "model_sha256": file_digest(weights_file),
         "scales": list(scales),
         "flip": bool(flip),
         "crf": bool(crf),
         "crf_params": crf_params.to_dict() if crf else None,
+        **dataset_settings(dataset),
     }
-    guard_output_dir(out_dir, "seg_predict", settings)
-    todo = [i for i in mine if not (out_dir / f"{i}.png").is_file()]
-    if not todo:
-        return out_dir  # nothing new: keep the record of the run that wrote these predictions
-    start = time.perf_counter()
-    model = load_seg_model(weights_file, device)
-    if model.num_classes != dataset.num_classes:
-        raise WsssError(
-            f"{weights_file}: model predicts {model.num_classes} classes but {dataset.root} has "
-            f"{dataset.num_classes} (background included)"
+    with stage_run(out_dir, "seg_predict", settings, {"model": weights_file}, digests=("model",), force=force,
+                   shard=shard) as run:  # fmt: skip
+        todo = [i for i in mine if not (out_dir / f"{i}.png").is_file()]
+        if not todo:
+            return out_dir  # nothing new: keep the record of the run that wrote these predictions
+        start = time.perf_counter()
+        model = load_seg_model(weights_file, device)
+        if model.num_classes != dataset.num_classes:
+            raise WsssError(
+                f"{weights_file}: model predicts {model.num_classes} classes but {dataset.root} has "
+                f"{dataset.num_classes} (background included)"
+            )
+        dev = next(model.parameters()).device
+        mean = torch.tensor(model.meta_info["mean"], device=dev).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(model.meta_info["std"], device=dev).view(1, 3, 1, 1) * 255.0
+        counts = np.zeros(dataset.num_classes, dtype=np.int64)  # predicted pixels per class
+        bar = tqdm(total=len(todo), desc="predict seg", unit="img", disable=not progress, dynamic_ncols=True)
+        with torch.inference_mode():
+            for chunk in batches_of_equal_size(dataset, todo, batch_size):
+                pixels = np.stack([dataset.image(i) for i in chunk])
+                images = torch.from_numpy(pixels).to(dev).permute(0, 3, 1, 2).float()
+                probs = tta_probs(model, (images - mean) / std, scales, flip).cpu().numpy()
+                for image_id, image, prob in zip(chunk, pixels, probs, strict=True):
+                    if crf:
+                        prob = crf_probs(image, prob, crf_params, source=dataset.image_path(image_id))
+                    label = prob.argmax(axis=0).astype(np.uint8)
+                    save_label(out_dir / f"{image_id}.png", label)
+                    counts += np.bincount(label.reshape(-1), minlength=dataset.num_classes)
+                bar.update(len(chunk))
+        bar.close()
+        elapsed = time.perf_counter() - start
+        run.finish(
+            {"model": str(model_path), **settings, "batch_size": batch_size, "shard": list(shard)},
+            timings={"predict_s": round(elapsed, 2)},
+            extra={
+                "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.split},
+                "model": {k: v for k, v in model.meta_info.items() if k != "train_config"},
+                "num_ids": len(mine),
+                "written": len(todo),
+                "class_fractions": (counts / max(int(counts.sum()), 1)).tolist(),
+                "images_per_s": round(len(todo) / elapsed, 2) if elapsed > 0 else None,
+            },
         )
-    dev = next(model.parameters()).device
-    mean = torch.tensor(model.meta_info["mean"], device=dev).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(model.meta_info["std"], device=dev).view(1, 3, 1, 1) * 255.0
-    counts = np.zeros(dataset.num_classes, dtype=np.int64)  # predicted pixels per class
-    bar = tqdm(total=len(todo), desc="predict seg", unit="img", disable=not progress, dynamic_ncols=True)
-    with torch.inference_mode():
-        for chunk in batches_of_equal_size(dataset, todo, batch_size):
-            pixels = np.stack([dataset.image(i) for i in chunk])
-            images = torch.from_numpy(pixels).to(dev).permute(0, 3, 1, 2).float()
-            probs = tta_probs(model, (images - mean) / std, scales, flip).cpu().numpy()
-            for image_id, image, prob in zip(chunk, pixels, probs, strict=True):
-                if crf:
-                    prob = crf_probs(image, prob, crf_params, source=dataset.image_path(image_id))
-                label = prob.argmax(axis=0).astype(np.uint8)
-                save_label(out_dir / f"{image_id}.png", label)
-                counts += np.bincount(label.reshape(-1), minlength=dataset.num_classes)
-            bar.update(len(chunk))
-    bar.close()
-    elapsed = time.perf_counter() - start
-    write_run_json(
-        out_dir,
-        "seg_predict",
-        {"model": str(model_path), **settings, "batch_size": batch_size, "shard": list(shard)},
-        timings={"predict_s": round(elapsed, 2)},
-        extra={
-            "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.split},
-            "model": {k: v for k, v in model.meta_info.items() if k != "train_config"},
-            "num_ids": len(mine),
-            "written": len(todo),
-            "class_fractions": (counts / max(int(counts.sum()), 1)).tolist(),
-            "images_per_s": round(len(todo) / elapsed, 2) if elapsed > 0 else None,
-        },
-        name=shard_record_name(shard),
-    )
     return out_dir

@@ -1,4 +1,4 @@
-"""Stage 4 training: a segmentation network (DeepLab-V2 / V3+) on pseudo labels (METHODS.md §4).
+"""Stage 4 training: a segmentation network (DeepLab-V2 / V3+) on pseudo labels (docs/methods.md §4).
 
 Training reuses the CAM training base (:class:`wsss.cam.base.CamTrainer`: data order,
 optimiser, poly schedule, AMP on CUDA, checkpoint/exact resume, DDP under ``torchrun``);
@@ -27,6 +27,7 @@ from torch import nn
 
 from wsss.cam.base import CamTrainConfig, CamTrainer
 from wsss.cam.data import _AUGMENT_STREAM, CamTrainData
+from wsss.config import check_field_types
 from wsss.data.base import Dataset
 from wsss.io import IGNORE, WsssError, image_size, load_label
 from wsss.models.seg_heads import resolve_head_options
@@ -52,7 +53,7 @@ _CAM_ONLY = {"oc": None, "saliency": None, "label_smoothing": 0.0}
 class SegTrainConfig(CamTrainConfig):
     """Stage-4 hyper-parameters; YAML in/out like :class:`CamTrainConfig`, whose fields it shares.
 
-    Defaults are METHODS.md §4's DeepLab-V2 recipe: ResNet-101, SGD lr 2.5e-4 (head ×10),
+    Defaults are docs/methods.md §4's DeepLab-V2 recipe: ResNet-101, SGD lr 2.5e-4 (head ×10),
     momentum 0.9, wd 5e-4, poly 0.9, batch 10 as 5 × 2 accumulation, crop 321, scale
     0.5–1.5 + flip; 19 epochs ≈ its 20k iterations on VOC's 10,582 train_aug images. That
     recipe assumes ImageNet/COCO weights (``pretrained`` or ``weights``).
@@ -119,6 +120,7 @@ class SegTrainConfig(CamTrainConfig):
             raise WsssError(
                 f"{source}: unknown segmentation training option(s) {unknown}; known: {sorted(known)}"
             )
+        d = check_field_types(cls, d, source)
         try:
             return cls(**d)
         except (WsssError, TypeError, ValueError) as e:
@@ -318,12 +320,12 @@ def train_seg(
     config: SegTrainConfig,
     method: str = "ce",
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Train stage 4 into ``out_dir``; returns ``out_dir/model.safetensors`` (a finished run
     is skipped, an interrupted one resumes from ``checkpoint.pt``; with ``stop_after_steps``
     the checkpoint's path). Labels: ``config.labels`` (None: the ground truth). Under
     ``torchrun`` it trains with DDP (see :func:`wsss.cam.base.train_cam`)."""
-    out_dir = Path(out_dir)
-    if (out_dir / MODEL_NAME).is_file():
-        return out_dir / MODEL_NAME
-    return build_seg_trainer(dataset, out_dir, config, method, progress).train()
+    trainer = build_seg_trainer(dataset, Path(out_dir), config, method, progress)
+    trainer.force = force
+    return trainer.train()
