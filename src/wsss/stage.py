@@ -150,28 +150,36 @@ def folder_lock(out_dir: Path, name: str = "") -> Iterator[Path]:
     """Hold ``out_dir/.wsss[.name].lock`` for the duration; refuse if a live process holds it."""
     lock = out_dir / f"{LOCK_PREFIX}{'.' + name if name else ''}.lock"
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    for _attempt in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+    # The lock appears with its content or not at all (a hard link of a written file), so a run
+    # killed at any instant leaves either no lock or one that names its dead pid.
+    staged = out_dir / f".{lock.name}.{me['pid']}.tmp"
+    try:
+        staged.write_text(json.dumps(me))
+    except OSError as e:
+        raise WsssError(f"{out_dir}: cannot write to the folder ({e.strerror or e})") from None
+    try:
+        for _attempt in range(2):
             try:
-                holder = json.loads(lock.read_text() or "{}")
-            except (OSError, ValueError):
-                holder = {}
-            pid, host = holder.get("pid"), holder.get("host")
-            if host == me["host"] and isinstance(pid, int) and pid != me["pid"] and not _pid_alive(pid):
-                lock.unlink(missing_ok=True)  # a killed run's lock: take it over
-                continue
-            who = f"pid {pid} on {host}, since {holder.get('started', '?')}"
-            raise WsssError(
-                f"{lock}: another wsss run is writing to {out_dir} ({who}); wait for it to end, "
-                "or delete the lock file if that process is gone"
-            ) from None
-        except OSError as e:
-            raise WsssError(f"{out_dir}: cannot write to the folder ({e.strerror or e})") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
+                os.link(staged, lock)
+                break
+            except FileExistsError:
+                try:
+                    holder = json.loads(lock.read_text() or "{}")
+                except (OSError, ValueError):
+                    holder = {}
+                pid, host = holder.get("pid"), holder.get("host")
+                if host == me["host"] and isinstance(pid, int) and pid != me["pid"] and not _pid_alive(pid):
+                    lock.unlink(missing_ok=True)  # a killed run's lock: take it over
+                    continue
+                who = f"pid {pid} on {host}, since {holder.get('started', '?')}"
+                raise WsssError(
+                    f"{lock}: another wsss run is writing to {out_dir} ({who}); wait for it to end, "
+                    "or delete the lock file if that process is gone"
+                ) from None
+            except OSError as e:
+                raise WsssError(f"{out_dir}: cannot lock the folder ({e.strerror or e})") from None
+    finally:
+        staged.unlink(missing_ok=True)
     try:
         yield lock
     finally:
