@@ -94,7 +94,7 @@ def test_irn_npy_as_irn_really_writes_it(tmp_path):
 def test_wsss_bed_per_class_pngs(tmp_path):
     maps = RNG.integers(0, 256, size=(2, 5, 6)).astype(np.uint8)
     for c, m in zip((7, 2), maps, strict=True):
-        Image.fromarray(m, "L").save(tmp_path / f"2007_000032_{c}.png")
+        Image.fromarray(m, "L").save(tmp_path / f"2007_000032_{c - 1}.png")
     Image.fromarray(maps[0], "L").save(tmp_path / "2007_000032_x.png")  # not a class index: skipped
     stem = find_cam(tmp_path, "2007_000032")
     assert stem == tmp_path / "2007_000032"

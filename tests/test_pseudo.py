@@ -249,7 +249,7 @@ def test_stage_reads_wsss_bed_pngs(stage_setup, tmp_path):
     for image_id in ds.ids:
         keys, cam = load_cam(cam_dir / f"{image_id}.npz")
         for k, m in zip(keys, cam, strict=True):
-            Image.fromarray(np.rint(m * 255).astype(np.uint8), "L").save(bed / f"{image_id}_{k}.png")
+            Image.fromarray(np.rint(m * 255).astype(np.uint8), "L").save(bed / f"{image_id}_{k - 1}.png")
     out = make_pseudo_labels(ds, bed, tmp_path / "pseudo", 0.6, progress=False)
     image_id = ds.ids[0]
     keys, cam = load_cam(bed / image_id)

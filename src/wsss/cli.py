@@ -902,6 +902,44 @@ def report(
     typer.echo(f"report: {path}")
 
 
+@app.command()
+def convert(
+    cams: Annotated[
+        Path, typer.Option(help="Folder of CAMs in --from-format.", exists=True, file_okay=False)
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for the converted CAMs.")],
+    from_format: Annotated[
+        str,
+        typer.Option("--from-format", help="wsss (.npz), irn, puzzlecam (also P-NOC), wsss-bed, or auto."),
+    ],
+    to_format: Annotated[
+        str, typer.Option("--to-format", help="wsss (.npz), irn, puzzlecam (also P-NOC), wsss-bed.")
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dataset root: convert its split's images and check sizes and classes.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    dataset: DataKind = "synthetic",
+    split: Split = "train",
+    quiet: Quiet = False,
+    force: Force = False,
+) -> None:
+    """Convert CAMs between this toolkit's .npz and IRN's, PuzzleCAM's / P-NOC's .npy dicts and
+    WSSS-BED's per-class PNGs, each written as its repository writes it; resumes."""
+    from wsss.convert import cam_format, convert_cams
+
+    cam_format(from_format, "--from-format", allow_auto=True)
+    cam_format(to_format, "--to-format")
+    _out_dir("--out", out)
+    ds = _dataset(data, dataset, split) if data is not None else None
+    res = convert_cams(cams, out, from_format, to_format, dataset=ds, progress=not quiet, force=force)
+    typer.echo(f"{res['written']} CAMs written to {out} ({res['skipped_existing']} already there)")
+
+
 def _click_errors(name: str) -> tuple[type[BaseException], ...]:
     """click's exception class ``name`` and, where typer vendors its own click, typer's too."""
     modules = {sys.modules[typer.BadParameter.__module__]}

@@ -5,9 +5,11 @@ file, so a bad input anywhere in a long run stops with one clear message.
 Formats (see README "File formats"):
 
 * CAM ``<id>.npz``: ``keys`` (int, 1-based present classes), ``cam`` (float16,
-  len(keys)×H×W in [0, 1]). Also read: IRN / PuzzleCAM ``<id>.npy`` dicts
-  (0-based ``keys``, ``high_res``/``hr_cam``/``cam``) and WSSS-BED per-class
-  PNGs ``<id>_<c>.png`` (``c`` = 1-based class index, 8-bit, 255 = 1.0).
+  len(keys)×H×W in [0, 1]). Also read (and written by :mod:`wsss.convert`): IRN
+  ``<id>.npy`` dicts (``keys`` 0-based class indices, ``high_res``), PuzzleCAM / P-NOC
+  ``<id>.npy`` dicts (``keys`` = 0 then the 1-based ids, ``hr_cam`` or ``rw``, no
+  background map) and WSSS-BED per-class PNGs ``<id>_<c>.png`` (``c`` = 0-based class
+  index, 8-bit, 255 = 1.0). :func:`load_cam` documents how a ``.npy`` is told apart.
 * Saliency: 8-bit grayscale PNG, 255 = salient.
 * Label maps: 8-bit palette PNG with the VOC palette, 0 = background, 255 = ignore.
 """
@@ -15,6 +17,7 @@ Formats (see README "File formats"):
 from __future__ import annotations
 
 import contextlib
+import glob
 import io as _io
 import json
 import os
@@ -329,7 +332,8 @@ def save_cam(path: str | os.PathLike, keys: np.ndarray, cam: np.ndarray) -> None
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles the dicts of arrays that IRN / PuzzleCAM write, and nothing else.
+    """Unpickles the dicts of arrays (and CPU tensors) that IRN, PuzzleCAM and P-NOC write,
+    and nothing else.
 
     ``np.load(allow_pickle=True)`` would run arbitrary code from a downloaded file;
     this unpickler only admits the numpy reconstruction functions.
@@ -348,7 +352,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):  # IRN saves CPU tensors in its dicts
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):  # IRN/PuzzleCAM/P-NOC keep CPU tensors
             import torch._utils
 
             return torch._utils._rebuild_tensor_v2
@@ -386,7 +390,7 @@ def _load_npy_dict(path: Path) -> dict:
             if not isinstance(obj, dict):
                 raise WsssError(f"{path}: expected a dict with 'keys' and 'cam', got {type(obj).__name__}")
             return obj
-    raise WsssError(f"{path}: a plain array has no class keys; expected an IRN/PuzzleCAM dict")
+    raise WsssError(f"{path}: a plain array has no class keys; expected an IRN/PuzzleCAM/P-NOC dict")
 
 
 CAM_TOLERANCE = 2e-3  # float16 rounding (and resampling) may step just outside [0, 1]
@@ -408,6 +412,8 @@ def _validated_cam(path: Path, keys: np.ndarray, cam: np.ndarray, shape, num_cla
         )
     if keys.size and (keys.min() < 1 or (num_classes is not None and keys.max() >= num_classes)):
         raise WsssError(f"{path}: class keys {keys.tolist()} outside 1..{(num_classes or 0) - 1}")
+    if np.unique(keys).size != keys.size:
+        raise WsssError(f"{path}: class keys {keys.tolist()} repeat a class")
     if shape is not None and cam.shape[1:] != tuple(shape):
         raise WsssError(
             f"{path}: CAM size {cam.shape[2]}×{cam.shape[1]} does not match the image {shape[1]}×{shape[0]}"
@@ -415,19 +421,118 @@ def _validated_cam(path: Path, keys: np.ndarray, cam: np.ndarray, shape, num_cla
     return keys, cam
 
 
+CAM_LAYOUTS = ("wsss", "irn", "puzzlecam", "wsss-bed")
+# the map arrays of a .npy CAM dict, in the order they are looked for: IRN's full-resolution
+# maps, PuzzleCAM/P-NOC's, PuzzleCAM/P-NOC's random-walk output, then a strided map alone
+NPY_MAP_NAMES = ("high_res", "hr_cam", "rw", "cam")
+
+
+def _int_keys(path: Path, raw: Any) -> np.ndarray:
+    try:
+        keys = np.asarray(raw).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise WsssError(f"{path}: 'keys' is not an array of class numbers ({e})") from None
+    numeric = keys.dtype != bool and (
+        np.issubdtype(keys.dtype, np.integer) or np.issubdtype(keys.dtype, np.floating)
+    )
+    if not numeric or (keys.size and not np.all(np.isfinite(keys) & (np.mod(keys, 1) == 0))):
+        raise WsssError(f"{path}: class keys must be whole numbers, got {keys.tolist()[:8]}")
+    return keys.astype(np.int64)
+
+
+def npy_cam_layout(keys: np.ndarray, num_maps: int, map_name: str) -> str:
+    """Which key convention a ``.npy`` CAM dict follows: ``"puzzlecam"`` or ``"irn"``.
+
+    IRN writes ``keys`` = the 0-based class indices, one map per key (``high_res``);
+    PuzzleCAM and P-NOC write ``keys`` = ``np.pad(class_index + 1, (1, 0))`` — a 0 for the
+    background, then the 1-based ids — and no background map (``hr_cam``, ``rw``). So:
+
+    * keys one longer than the maps and starting with 0 → PuzzleCAM / P-NOC;
+    * as many keys as maps, starting with 0, maps named ``hr_cam``/``rw`` → PuzzleCAM / P-NOC
+      with a background map first (dropped), as P-NOC's own CAM reader treats it;
+    * anything else → IRN. The one ambiguous file — as many keys as maps, the first key 0,
+      maps named ``high_res``/``cam`` — is IRN's image containing class index 0; force the
+      other reading with ``layout="puzzlecam"`` (``wsss convert --from-format puzzlecam``).
+    """
+    k = int(keys.size)
+    starts_at_0 = k > 0 and int(keys[0]) == 0
+    if starts_at_0 and (k == num_maps + 1 or (k == num_maps and map_name in ("hr_cam", "rw"))):
+        return "puzzlecam"
+    return "irn"
+
+
+def _npy_cam(path: Path, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """(1-based keys, maps without background) of an IRN / PuzzleCAM / P-NOC ``.npy`` dict."""
+    d = _load_npy_dict(path)
+    name = next((k for k in NPY_MAP_NAMES if k in d), None)
+    if name is None or "keys" not in d:
+        raise WsssError(
+            f"{path}: expected keys 'keys' and {'/'.join(repr(k) for k in NPY_MAP_NAMES)}, found {sorted(map(str, d))}"
+        )
+    keys = _int_keys(path, d["keys"])
+    try:
+        cam = np.asarray(d[name], dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise WsssError(f"{path}: '{name}' is not a numeric map stack ({e})") from None
+    if cam.ndim == 2:
+        cam = cam[None]
+    n = cam.shape[0] if cam.ndim == 3 else -1
+    if layout == "auto":
+        layout = npy_cam_layout(keys, n, name)
+    if layout == "puzzlecam":
+        if keys.size == 0 or keys[0] != 0:
+            raise WsssError(
+                f"{path}: PuzzleCAM/P-NOC keys start with the background's 0 (np.pad(class_index + 1, (1, 0))), "
+                f"got {keys.tolist()}"
+            )
+        if keys.size == n:  # a background map first
+            cam = cam[1:]
+        ids, what = keys[1:], "PuzzleCAM/P-NOC keys (0 for the background, then 1-based class ids)"
+    else:  # IRN: 0-based class indices
+        if keys.size and keys.min() < 0:
+            raise WsssError(f"{path}: IRN class keys are 0-based class indices, got {keys.tolist()}")
+        if keys.size and n == keys.size + 1:  # a background map first (a dump that keeps one)
+            cam = cam[1:]
+        ids, what = keys + 1, "IRN keys (0-based class indices)"
+    if cam.ndim != 3 or cam.shape[0] != ids.size:
+        raise WsssError(
+            f"{path}: '{name}' has shape {tuple(np.shape(d[name]))} but the {what} {keys.tolist()} "
+            f"name {ids.size} classes"
+        )
+    return ids, cam
+
+
+def _bed_pngs(stem: Path) -> list[tuple[int, Path]]:
+    """WSSS-BED's ``<stem>_<c>.png`` files as (c, path), sorted by ``c`` (0-based class index)."""
+    found = []
+    for p in stem.parent.glob(f"{glob.escape(stem.name)}_*.png"):
+        suffix = p.stem[len(stem.name) + 1 :]
+        if suffix.isdigit() and suffix.isascii():
+            found.append((int(suffix), p))
+    return sorted(found)
+
+
 def load_cam(
     path: str | os.PathLike,
     shape: tuple[int, int] | None = None,
     num_classes: int | None = None,
+    *,
+    layout: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a CAM in any supported layout → (keys 1-based int64, cam float32 len(keys)×H×W).
 
     ``path`` is the ``.npz``/``.npy`` file, or for WSSS-BED per-class PNGs the
-    ``<dir>/<id>`` stem (files ``<dir>/<id>_<c>.png``). ``num_classes`` counts
-    background.
+    ``<dir>/<id>`` stem (files ``<dir>/<id>_<c>.png``, ``c`` the 0-based class index, so
+    class id ``c + 1``). ``num_classes`` counts background. ``layout`` is ``"auto"`` (by
+    the file name, and for ``.npy`` dicts by :func:`npy_cam_layout`) or one of
+    :data:`CAM_LAYOUTS` to force a key convention.
     """
     path = Path(path)
-    if path.suffix == ".npz":
+    if layout not in ("auto", *CAM_LAYOUTS):
+        raise ValueError(f"layout must be 'auto' or one of {CAM_LAYOUTS}, got {layout!r}")
+    if layout == "auto":
+        layout = {".npz": "wsss", ".npy": "auto-npy"}.get(path.suffix, "wsss-bed")
+    if layout == "wsss":
         if not path.is_file():
             raise WsssError(f"{path}: file not found")
         if not zipfile.is_zipfile(path):
@@ -440,29 +545,16 @@ def load_cam(
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise WsssError(f"{path}: cannot read CAM file ({e})") from None
         return _validated_cam(path, keys, cam, shape, num_classes)
-    if path.suffix == ".npy":
+    if layout in ("irn", "puzzlecam", "auto-npy"):
         if not path.is_file():
             raise WsssError(f"{path}: file not found")
-        d = _load_npy_dict(path)
-        cam = next((d[k] for k in ("high_res", "hr_cam", "cam") if k in d), None)
-        if cam is None or "keys" not in d:
-            raise WsssError(f"{path}: expected keys 'keys' and 'high_res'/'hr_cam'/'cam', found {sorted(d)}")
-        keys = np.asarray(d["keys"]).reshape(-1).astype(np.int64) + 1  # IRN/PuzzleCAM keys are 0-based
-        cam = np.asarray(cam, dtype=np.float32)
-        if keys.size and cam.shape[0] == keys.size + 1:  # some dumps keep a background channel first
-            cam = cam[1:]
+        keys, cam = _npy_cam(path, "auto" if layout == "auto-npy" else layout)
         return _validated_cam(path, keys, cam, shape, num_classes)
-    # WSSS-BED per-class PNGs: <stem>_<c>.png
-    pngs = sorted(path.parent.glob(f"{path.name}_*.png"))
-    found = []
-    for p in pngs:
-        suffix = p.stem[len(path.name) + 1 :]
-        if suffix.isdigit():
-            found.append((int(suffix), p))
+    # WSSS-BED per-class PNGs: <stem>_<c>.png, c = 0-based class index
+    found = _bed_pngs(path)
     if not found:
         raise WsssError(f"{path}: no CAM found (.npz, .npy or per-class {path.name}_<c>.png)")
-    found.sort()
-    keys = np.array([c for c, _ in found], dtype=np.int64)
+    keys = np.array([c + 1 for c, _ in found], dtype=np.int64)
     maps = []
     for _, p in found:
         img = _open_image(p)
@@ -484,7 +576,7 @@ def find_cam(cam_dir: str | os.PathLike, image_id: str) -> Path:
         if p.is_file():
             return p
     stem = cam_dir / image_id
-    if next(cam_dir.glob(f"{image_id}_*.png"), None) is not None:
+    if _bed_pngs(stem):
         return stem
     raise WsssError(f"{cam_dir / (image_id + '.npz')}: CAM file not found")
 
