@@ -26,12 +26,16 @@ def test_hand_computed_3x3():
     np.testing.assert_allclose(r["iou"], [2 / 4, 2 / 3, 1 / 3])
     np.testing.assert_allclose(r["precision"], [2 / 3, 2 / 3, 1.0])
     np.testing.assert_allclose(r["recall"], [2 / 3, 1.0, 1 / 3])
-    np.testing.assert_allclose(r["fpr"], [1 / 3, 1 / 2, 0.0])
-    np.testing.assert_allclose(r["fnr"], [1 / 3, 0.0, 2 / 3])
+    # FPR / FNR: FP and FN over the union TP + FP + FN (unions 4, 3, 3), as P-NOC computes them
+    np.testing.assert_allclose(r["fpr"], [1 / 4, 1 / 3, 0.0])
+    np.testing.assert_allclose(r["fnr"], [1 / 4, 0.0, 2 / 3])
+    np.testing.assert_allclose(r["iou"] + r["fpr"] + r["fnr"], 1.0)
     assert r["miou"] == pytest.approx(0.5)
     assert r["pixel_acc"] == pytest.approx(5 / 8)
     assert r["precision_mean"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
-    assert r["fnr_mean"] == pytest.approx(1 / 3)
+    # the FPR / FNR means are over the foreground classes 1 and 2 only
+    assert r["fpr_mean"] == pytest.approx((1 / 3 + 0.0) / 2)
+    assert r["fnr_mean"] == pytest.approx((0.0 + 2 / 3) / 2)
     assert r["confusion"].dtype == np.int64
 
 
@@ -41,13 +45,15 @@ def test_absent_and_false_positive_classes():
     m = ConfusionMetric(4, class_names=["bg", "a", "b", "c"])
     m.process(pred, gt)
     r = m.compute()
-    # class 2: predicted once, never in GT → IoU 0, precision 0, FPR/FNR/recall undefined
-    assert r["iou"][2] == 0.0 and r["precision"][2] == 0.0
-    assert np.isnan(r["recall"][2]) and np.isnan(r["fpr"][2]) and np.isnan(r["fnr"][2])
+    # class 2: predicted once, never in GT → IoU 0, precision 0, recall undefined; its whole
+    # union is a false positive → FPR 1, FNR 0
+    assert r["iou"][2] == 0.0 and r["precision"][2] == 0.0 and np.isnan(r["recall"][2])
+    assert r["fpr"][2] == 1.0 and r["fnr"][2] == 0.0
     # class 3: absent from both → NaN, skipped by the means
     assert np.isnan(r["iou"][3]) and np.isnan(r["precision"][3])
     assert r["miou"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
-    assert r["fpr_mean"] == pytest.approx(0.0)  # bg FP 0, class 1 FP 0
+    assert np.isnan(r["fpr"][3]) and np.isnan(r["fnr"][3])
+    assert r["fpr_mean"] == pytest.approx((0.0 + 1.0) / 2)  # foreground 1 and 2; absent class 3 skipped
 
 
 def test_no_prediction_hurts_recall_not_precision():

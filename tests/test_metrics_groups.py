@@ -40,8 +40,16 @@ def test_hand_computed_statistics():
     assert r["cooccurrence_counts"][2, 3] == 1 and r["cooccurrence_counts"][1, 3] == 0
     overall = next(row for row in r["groups"] if row["kind"] == "overall" and row["name"] == "mean")
     assert overall["ids"] == [1, 2, 3]  # class 4 never seen
-    assert overall["iou"] == pytest.approx((0.8 + 0.5 + 0.2) / 3)
+    # as in seed 001's tables, the mean row's %S and scores also average the background (the IoU
+    # is the mIoU); O, %C, L and the σ row are over the foreground only
+    assert overall["with_background"] == ["relative_size", "iou"]
+    assert overall["iou"] == pytest.approx((0.9 + 0.8 + 0.5 + 0.2) / 4)
+    assert overall["relative_size"] == pytest.approx((0.7 + 0.225 + 0.075 + 0.7) / 4)
     assert overall["occurrence"] == pytest.approx(5 / 3)
+    std = next(row for row in r["groups"] if row["kind"] == "overall" and row["name"] == "std")
+    assert std["with_background"] == []
+    assert std["iou"] == pytest.approx(np.std([0.8, 0.5, 0.2], ddof=1))
+    assert std["relative_size"] == pytest.approx(np.std([0.225, 0.075, 0.7], ddof=1))
     # size tertiles over classes 1..3 (%S 0.225, 0.075, 0.7): 2 small, 1 mid, 3 large
     size = {row["name"]: row["ids"] for row in r["groups"] if row["kind"] == "size"}
     assert size == {"small": [2], "mid": [1], "large": [3]}

@@ -44,13 +44,43 @@ def test_without_saliency_low_and_high_tau():
 
 def test_with_saliency_ignore_on_and_off():
     # non-salient pixels: background score 1 beats every CAM <= 1; salient pixels: score 0, so any
-    # CAM > τ wins; salient pixels left as background become 255 when ignoring
-    with_ignore = np.array([[2, 255, 0], [5, 255, 0], [0, 2, 5]], dtype=np.uint8)
-    without = np.array([[2, 0, 0], [5, 0, 0], [0, 2, 5]], dtype=np.uint8)
+    # CAM >= τ wins (WSSS-BED's code zeroes only CAMs below τ: (1,1)'s 0.30 keeps class 5);
+    # salient pixels left as background become 255 when ignoring
+    with_ignore = np.array([[2, 255, 0], [5, 5, 0], [0, 2, 5]], dtype=np.uint8)
+    without = np.array([[2, 0, 0], [5, 5, 0], [0, 2, 5]], dtype=np.uint8)
     np.testing.assert_array_equal(threshold_pseudo_label(CAM_3X3, KEYS, 0.3, SAL_3X3), with_ignore)
     np.testing.assert_array_equal(
         threshold_pseudo_label(CAM_3X3, KEYS, 0.3, SAL_3X3, ignore_salient_bg=False), without
     )
+
+
+def test_strict_tau_is_the_papers_pseudocode():
+    # the paper keeps a class score only where CAM > τ: (1,1)'s 0.30 = τ becomes background (255)
+    np.testing.assert_array_equal(
+        threshold_pseudo_label(CAM_3X3, KEYS, 0.3, SAL_3X3, strict_tau=True),
+        [[2, 255, 0], [5, 255, 0], [0, 2, 5]],
+    )
+    # without saliency both versions need CAM > τ (the background score τ wins the tie)
+    np.testing.assert_array_equal(
+        threshold_pseudo_label(CAM_3X3, KEYS, 0.3, strict_tau=True),
+        threshold_pseudo_label(CAM_3X3, KEYS, 0.3),
+    )
+
+
+def test_class_ties_go_to_the_lowest_id_whatever_the_key_order():
+    cam = np.array([[[0.5, 0.7]], [[0.5, 0.6]]], dtype=np.float32)
+    np.testing.assert_array_equal(threshold_pseudo_label(cam, [9, 4], 0.2), [[4, 9]])
+    np.testing.assert_array_equal(threshold_pseudo_label(cam[::-1], [4, 9], 0.2), [[4, 9]])
+
+
+def test_png_cam_equal_to_tau_is_a_tie_in_float32():
+    # 51/255 is τ = 0.2 in float32 (as WSSS-BED reads its PNGs), even when τ comes as a float64
+    cam = np.full((1, 1, 2), np.float32(51) / np.float32(255))
+    sal = np.array([[1.0, 0.0]], np.float32)
+    for tau in (0.2, np.float64(0.2)):
+        np.testing.assert_array_equal(threshold_pseudo_label(cam, [3], tau), [[0, 0]])
+        np.testing.assert_array_equal(threshold_pseudo_label(cam, [3], tau, sal), [[3, 0]])
+        np.testing.assert_array_equal(threshold_pseudo_label(cam, [3], tau, sal, strict_tau=True), [[255, 0]])
 
 
 def test_saliency_threshold_is_a_parameter():
@@ -101,9 +131,11 @@ def test_bad_arguments():
 
 
 # --------------------------------------------------------------------------- independent re-implementation
-def algorithm1_loop(cam, keys, tau, saliency=None, sal_threshold=0.2, ignore_salient_bg=True):
-    """Seed 000's pseudocode, one class at a time: a running best score where only a strictly
-    higher score replaces the current winner (so background, then earlier classes, win ties)."""
+def algorithm1_loop(cam, keys, tau, saliency=None, sal_threshold=0.2, ignore_salient_bg=True, strict=False):
+    """Seed 000's Algorithm 1 as WSSS-BED's code runs it, one class at a time (in id order): a
+    running best score where only a strictly higher score replaces the current winner (so
+    background, then lower ids, win ties). With saliency a class score is zeroed below τ (at or
+    below τ when ``strict``, the paper's pseudocode); without, the background score τ does it."""
     cam = np.asarray(cam, dtype=np.float32)
     h, w = cam.shape[1:]
     if saliency is None:
@@ -112,8 +144,14 @@ def algorithm1_loop(cam, keys, tau, saliency=None, sal_threshold=0.2, ignore_sal
         salient = np.asarray(saliency) > sal_threshold
         best = 1.0 - salient.astype(np.float32)
     label = np.zeros((h, w), np.uint8)
-    for c, key in enumerate(keys):
-        score = np.where(cam[c] > tau, cam[c], 0.0)
+    for c in np.argsort(keys, kind="stable"):
+        key = keys[c]
+        if saliency is None:
+            score = cam[c]
+        elif strict:
+            score = np.where(cam[c] > np.float32(tau), cam[c], 0.0)
+        else:
+            score = np.where(cam[c] < np.float32(tau), 0.0, cam[c])
         better = score > best
         best = np.where(better, score, best)
         label = np.where(better, key, label).astype(np.uint8)
@@ -127,18 +165,19 @@ def test_matches_straightforward_loop_on_random_inputs(seed):
     rng = np.random.default_rng(seed)
     k = int(rng.integers(0, 5))
     h, w = (int(v) for v in rng.integers(5, 40, size=2))
-    keys = np.sort(rng.choice(np.arange(1, 81), size=k, replace=False))
+    keys = rng.choice(np.arange(1, 81), size=k, replace=False)  # not sorted: ties go to the lowest id
     # coarse values so that ties (between classes, with τ and with the threshold) really happen
     cam = (rng.integers(0, 21, size=(k, h, w)) / 20).astype(np.float16 if seed % 2 else np.float32)
     saliency = (rng.integers(0, 11, size=(h, w)) / 10).astype(np.float32)
     for tau in (0.0, 0.1, 0.25, 0.5, 0.95):
         for sal in (None, saliency):
             for ignore in (True, False):
-                got = threshold_pseudo_label(cam, keys, tau, sal, 0.2, ignore)
-                want = algorithm1_loop(cam, keys, tau, sal, 0.2, ignore)
-                np.testing.assert_array_equal(
-                    got, want, err_msg=f"tau={tau} sal={sal is not None} ignore={ignore}"
-                )
+                for strict in (False, True):
+                    got = threshold_pseudo_label(cam, keys, tau, sal, 0.2, ignore, strict)
+                    want = algorithm1_loop(cam, keys, tau, sal, 0.2, ignore, strict)
+                    np.testing.assert_array_equal(
+                        got, want, err_msg=f"tau={tau} sal={sal is not None} ignore={ignore} strict={strict}"
+                    )
 
 
 # --------------------------------------------------------------------------- the stage

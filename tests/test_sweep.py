@@ -11,9 +11,10 @@ from PIL import Image
 from scipy import ndimage
 
 from wsss.data import build_dataset
-from wsss.io import WsssError, load_cam, load_saliency, save_cam
+from wsss.io import WsssError, load_cam, load_label, load_saliency, save_cam
+from wsss.metrics.confusion import ConfusionMetric
 from wsss.pseudo.sweep import default_taus, sweep_tau, write_sweep
-from wsss.pseudo.threshold import threshold_pseudo_label
+from wsss.pseudo.threshold import make_pseudo_labels, threshold_pseudo_label
 
 STRONG, WEAK, RING, FAR = 0.72, 0.47, 0.42, 0.10
 
@@ -101,6 +102,37 @@ def test_scores_equal_an_independent_confusion(result, sweep_setup, tau_index):
     for name, sal_dir in sources.items():
         want = _miou_by_hand(ds, cam_dir, tau, sal_dir)
         assert result["sources"][name]["miou"][tau_index] == pytest.approx(want, abs=1e-12), (name, tau)
+
+
+def test_sweep_equals_the_pseudo_stage_at_tau_ties(sweep_setup, tmp_path):
+    """CAMs exactly at τ (0.25 and 0.5 are exact in float16): for either tie rule the sweep
+    scores the very labels that the pseudo-label stage writes at that τ."""
+    ds, _, sources = sweep_setup
+    cam_dir = tmp_path / "tie_cams"
+    cam_dir.mkdir()
+    for image_id in ds.ids:
+        gt = ds.gt(image_id)
+        keys = ds.labels(image_id)
+        save_cam(cam_dir / f"{image_id}.npz", keys, np.stack([np.where(gt == k, 0.5, 0.25) for k in keys]))
+    taus = [0.25, 0.5]
+    mious = {}
+    for strict in (False, True):
+        r = sweep_tau(ds, cam_dir, taus=taus, saliency_dirs=sources, strict_tau=strict, progress=False)
+        assert r["config"]["strict_tau"] is strict
+        for name, sal_dir in sources.items():
+            for i, tau in enumerate(taus):
+                out = make_pseudo_labels(ds, cam_dir, tmp_path / f"p{strict:d}_{name}_{tau}", tau,
+                                         saliency_dir=sal_dir, strict_tau=strict, progress=False)  # fmt: skip
+                m = ConfusionMetric(ds.num_classes)
+                for image_id in ds.ids:
+                    m.process(load_label(out / f"{image_id}.png"), ds.gt(image_id))
+                want = m.compute()
+                assert r["sources"][name]["miou"][i] == want["miou"], (strict, name, tau)
+                np.testing.assert_array_equal(r["sources"][name]["iou"][i], want["iou"])
+                mious[strict, name, tau] = want["miou"]
+    # the tie rule matters only with saliency: the oracle's object pixels sit exactly at τ = 0.5
+    assert mious[False, "oracle", 0.5] != mious[True, "oracle", 0.5]
+    assert mious[False, "none", 0.5] == mious[True, "none", 0.5]
 
 
 def test_workers_equal_single_process(result, sweep_setup):

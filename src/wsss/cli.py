@@ -379,6 +379,12 @@ def pseudo(
         float, typer.Option(help="Saliency binarisation threshold.", min=0.0, max=1.0, callback=_finite)
     ] = 0.2,
     ignore_salient_bg: Annotated[bool, typer.Option(help="Salient pixels left as background → 255.")] = True,
+    strict_tau: Annotated[
+        bool,
+        typer.Option(
+            "--strict-tau", help="The paper's CAM > τ with saliency (default: WSSS-BED's code, CAM >= τ)."
+        ),
+    ] = False,
     shard: Shard = None,
     quiet: Quiet = False,
     force: Force = False,
@@ -390,7 +396,8 @@ def pseudo(
     shard_ = parse_shard(shard)
     ds = _dataset(data, dataset, split)
     make_pseudo_labels(ds, cams, out, tau, saliency_dir=_saliency_arg(ds, saliency), sal_threshold=sal_threshold,
-                       ignore_salient_bg=ignore_salient_bg, shard=shard_, progress=not quiet, force=force)  # fmt: skip
+                       ignore_salient_bg=ignore_salient_bg, strict_tau=strict_tau, shard=shard_, progress=not quiet,
+                       force=force)  # fmt: skip
     typer.echo(f"pseudo labels in {out}")
 
 
@@ -626,6 +633,12 @@ def sweep(
     taus: Annotated[str, typer.Option(help="start:stop:step or a comma-separated list.")] = "0.05:0.95:0.05",
     sal_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, callback=_finite)] = 0.2,
     ignore_salient_bg: bool = True,
+    strict_tau: Annotated[
+        bool,
+        typer.Option(
+            "--strict-tau", help="The paper's CAM > τ with saliency (default: WSSS-BED's code, CAM >= τ)."
+        ),
+    ] = False,
     workers: Annotated[int, typer.Option(min=1)] = 1,
     quiet: Quiet = False,
     force: Force = False,
@@ -653,11 +666,13 @@ def sweep(
         name, _, path = s.partition("=")
         sources[name] = _saliency_arg(ds, path or name)
     settings = {"split": split, "taus": grid, "sal_threshold": sal_threshold, "ignore_salient_bg": ignore_salient_bg,
+                "strict_tau": strict_tau,
                 "sources": sorted(sources), **dataset_settings(ds)}  # fmt: skip
     inputs = {"cams": cams, **{f"saliency:{k}": v for k, v in sources.items()}}
     with stage_run(out, "sweep", settings, inputs, force=force):
         result = sweep_tau(ds, cams, taus=grid, saliency_dirs=sources, sal_threshold=sal_threshold,
-                           ignore_salient_bg=ignore_salient_bg, workers=workers, progress=not quiet)  # fmt: skip
+                           ignore_salient_bg=ignore_salient_bg, strict_tau=strict_tau, workers=workers,
+                           progress=not quiet)  # fmt: skip
         write_sweep(result, out)
     for name, r in result["sources"].items():
         b = r["best"]

@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "taus": {"start": 0.05, "stop": 0.95, "step": 0.05},
         "sal_threshold": 0.2,
         "ignore_salient_bg": True,
+        "strict_tau": False,  # True: the paper's CAM > τ with saliency (default: WSSS-BED's code, CAM >= τ)
         "sweep_split": "train",
     },
     # stage-3 refinement of every source's pseudo labels, scored as source "<source>+<step>":
@@ -411,6 +412,7 @@ class Pipeline:
             saliency_dirs=self.saliency_sources(ds),
             sal_threshold=p["sal_threshold"],
             ignore_salient_bg=p["ignore_salient_bg"],
+            strict_tau=bool(p["strict_tau"]),
             workers=self.cfg["evaluate"].get("workers", 1),
             progress=self.progress,
         )
@@ -424,7 +426,8 @@ class Pipeline:
         p = self.cfg["pseudo"]
         return make_pseudo_labels(ds, self.cam_dir, self.out / "pseudo" / src / ds.split, tau,
                                   saliency_dir=self.saliency_sources(ds)[src], sal_threshold=p["sal_threshold"],
-                                  ignore_salient_bg=p["ignore_salient_bg"], progress=self.progress)  # fmt: skip
+                                  ignore_salient_bg=p["ignore_salient_bg"], strict_tau=bool(p["strict_tau"]),
+                                  progress=self.progress)  # fmt: skip
 
     def _score(self, pred_dir: Path, ds: Dataset, record: str, info: dict, keep: tuple[str, ...]) -> dict:
         """Evaluate ``pred_dir`` on ``ds`` into ``eval/<record>.json`` (the whole result plus

@@ -1,5 +1,9 @@
 """Streaming confusion-matrix metrics: mIoU, precision, recall, FPR, FNR, pixel accuracy.
 
+FPR and FNR are those of P-NOC's ``scripts/evaluate.py`` (the figures of seed
+001): a class's false positives and false negatives as fractions of its union
+TP + FP + FN, averaged over the foreground classes.
+
 Shaped like mmsegmentation's ``IoUMetric``: :meth:`ConfusionMetric.process`
 keeps only a K×K histogram per call, :meth:`ConfusionMetric.merge` adds the
 histograms of parallel workers, and :func:`confusion_scores` is the one pure
@@ -56,10 +60,13 @@ def confusion_scores(confusion: np.ndarray, unpredicted: np.ndarray | None = Non
 
     ``confusion[g, p]`` counts pixels of ground-truth class g predicted as p;
     ``unpredicted[g]`` counts pixels of class g left without a prediction (255),
-    which are misses for g but false positives for no class. FPR and FNR are
-    normalised by the ground-truth area (TP + FN), as the WSSS repos report them.
-    The ``*_mean`` values average over every class with a defined value,
-    background included, like mIoU.
+    which are misses for g but false positives for no class. FPR and FNR divide
+    FP and FN by the class's union TP + FP + FN (so IoU + FPR + FNR = 1), and
+    ``fpr_mean`` / ``fnr_mean`` average them over the foreground classes 1..K-1,
+    as P-NOC reports them. The other ``*_mean`` values average over every class,
+    background included, like mIoU. Only classes with a defined value count: a
+    class absent from both the ground truth and the predictions is NaN and
+    skipped (P-NOC's code counts it as 0).
     """
     confusion = np.asarray(confusion, dtype=np.int64)
     k = confusion.shape[0]
@@ -69,11 +76,12 @@ def confusion_scores(confusion: np.ndarray, unpredicted: np.ndarray | None = Non
     pred_area = confusion.sum(axis=0)
     fp = pred_area - tp
     fn = gt_area - tp
-    iou = _safe_div(tp, tp + fp + fn)
+    union = tp + fp + fn
+    iou = _safe_div(tp, union)
     precision = _safe_div(tp, tp + fp)
     recall = _safe_div(tp, gt_area)
-    fpr = _safe_div(fp, gt_area)
-    fnr = _safe_div(fn, gt_area)
+    fpr = _safe_div(fp, union)
+    fnr = _safe_div(fn, union)
     total = int(gt_area.sum())
     return {
         "confusion": confusion,
@@ -89,8 +97,8 @@ def confusion_scores(confusion: np.ndarray, unpredicted: np.ndarray | None = Non
         "miou": nanmean(iou),
         "precision_mean": nanmean(precision),
         "recall_mean": nanmean(recall),
-        "fpr_mean": nanmean(fpr),
-        "fnr_mean": nanmean(fnr),
+        "fpr_mean": nanmean(fpr[1:]),
+        "fnr_mean": nanmean(fnr[1:]),
         "pixel_acc": float(tp.sum() / total) if total else float("nan"),
         "num_pixels": total,
     }

@@ -293,7 +293,7 @@ def format_table(result: dict) -> str:
         f" / large {_pct(result['ia_miou_large']).strip()}; bounds {b[0]}, {b[1]} px)"
         f"   pixel acc {_pct(result['pixel_acc']).strip()}",
         f"precision {_pct(result['precision_mean']).strip()}   recall {_pct(result['recall_mean']).strip()}"
-        f"   FPR {_pct(result['fpr_mean']).strip()}   FNR {_pct(result['fnr_mean']).strip()}"
+        f"   FPR {_pct(result['fpr_mean']).strip()}   FNR {_pct(result['fnr_mean']).strip()} (foreground)"
         f"   ({result['num_images']} images)",
     ]
     groups = result.get("groups")

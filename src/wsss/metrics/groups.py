@@ -7,8 +7,14 @@ mean label-set cardinality L (number of foreground classes in those images).
 Classes are grouped by size, frequency and co-occurrence (tertiles by rank,
 ties kept together; or the paper's own groups for PASCAL VOC), each group
 reports the means of the statistics and of the per-class scores, and Pearson
-correlations relate the statistics to the per-class IoU. Overall σ is the
-sample standard deviation, as in the paper's tables.
+correlations relate the statistics to the per-class IoU.
+
+The ``overall`` rows follow the paper's tables (seed 001, Tables 1 and 3, whose
+numbers these rules reproduce): the mean row averages %S and the per-class
+scores over the background and the observed foreground classes (so its IoU is
+the mIoU), and O, %C and L over the foreground only (the background has none
+in the tables); the σ row (sample standard deviation), the other groups and
+the correlations use the foreground classes only.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ TERTILE_NAMES = {
     "cooccurrence": ("low", "mid", "high"),
 }
 _TERTILE_STATISTIC = {"size": "relative_size", "frequency": "occurrence", "cooccurrence": "cooccurrence"}
+# statistics that the overall mean row averages with the background (besides every score column)
+_MEAN_WITH_BACKGROUND = ("relative_size",)
 
 # The groups of seed 001, Table 3 (PASCAL VOC 2012 train; "singleton" as in its per-class rows, which
 # match its group means); used when the class names are VOC's.
@@ -97,6 +105,8 @@ def group_table(
     ``scores`` per-class scores such as ``{"iou": ..., "ia_iou": ...}``; ``groups``
     maps a kind to {group name: class ids}. Kinds of :data:`TERTILE_NAMES` that
     ``groups`` does not give are formed from tertiles of the observed classes.
+    Each row's ``with_background`` names the columns whose value also averages the
+    background (only the overall mean row has any, when the background was seen).
     """
     scores = scores or {}
     k = len(class_names)
@@ -108,17 +118,29 @@ def group_table(
             groups[kind] = {names[t]: observed[tier == t].tolist() for t in range(3)}
     columns = {**{s: np.asarray(stats[s], dtype=np.float64) for s in STATISTICS}, **scores}
 
-    def row(kind: str, name: str, members: np.ndarray, how=nanmean) -> dict:
+    def row(kind: str, name: str, members: np.ndarray, how=nanmean, with_background=()) -> dict:
         out = {
             "kind": kind,
             "name": name,
             "ids": members.tolist(),
             "classes": [class_names[i] for i in members],
+            "with_background": list(with_background),
         }
-        out.update({col: how(values[members]) for col, values in columns.items()})
+        plus_bg = np.concatenate([[0], members]).astype(np.int64)
+        out.update(
+            {
+                col: how(values[plus_bg if col in with_background else members])
+                for col, values in columns.items()
+            }
+        )
         return out
 
-    rows = [row("overall", "mean", observed), row("overall", "std", observed, how=_sample_std)]
+    background_seen = k > 0 and np.asarray(stats["occurrence"], dtype=np.float64)[0] > 0
+    mean_with_bg = (*_MEAN_WITH_BACKGROUND, *scores) if background_seen else ()
+    rows = [
+        row("overall", "mean", observed, with_background=mean_with_bg),
+        row("overall", "std", observed, how=_sample_std),
+    ]
     for kind, named in groups.items():
         for name, members in named.items():
             members = np.asarray([i for i in members if i in set(observed.tolist())], dtype=np.int64)

@@ -59,13 +59,16 @@ def default_taus() -> list[float]:
 class _SweepJob:
     """Everything a worker needs; passed once per process, not per chunk."""
 
-    def __init__(self, dataset, cam_dir, taus, saliency_dirs, sal_threshold, ignore_salient_bg):
+    def __init__(
+        self, dataset, cam_dir, taus, saliency_dirs, sal_threshold, ignore_salient_bg, strict_tau=False
+    ):
         self.dataset = dataset
         self.cam_dir = Path(cam_dir)
         self.taus = list(taus)
         self.saliency_dirs = dict(saliency_dirs)
         self.sal_threshold = float(sal_threshold)
         self.ignore_salient_bg = bool(ignore_salient_bg)
+        self.strict_tau = bool(strict_tau)
 
     def new_metrics(self) -> dict[str, list[ConfusionMetric]]:
         ds = self.dataset
@@ -95,7 +98,9 @@ class _SweepJob:
                 if sal_dir is not None:
                     sal = load_saliency(Path(sal_dir) / f"{image_id}.png", shape=shape)
                     salient = salient_mask(sal, self.sal_threshold)
-                labeller = ThresholdLabeller(peak, top_class, salient, self.ignore_salient_bg)
+                labeller = ThresholdLabeller(
+                    peak, top_class, salient, self.ignore_salient_bg, self.strict_tau
+                )
                 for metric, tau in zip(metrics[source], self.taus, strict=True):
                     metric.process(labeller(tau), gt)
 
@@ -138,6 +143,7 @@ def sweep_tau(
     ids: list[str] | None = None,
     workers: int = 1,
     progress: bool = True,
+    strict_tau: bool = False,
 ) -> dict:
     """Score pseudo labels for every τ and saliency source → a JSON-ready dict.
 
@@ -145,7 +151,9 @@ def sweep_tau(
     None for "no saliency" (default ``{"none": None}``). The result holds, per
     source, the mean scores per τ (``miou``, ``precision``, ``recall``, ``fpr``,
     ``fnr``, ``pixel_acc``), the per-class IoU per τ, and ``best``: the τ with
-    the highest mIoU (the smallest on ties) with its scores.
+    the highest mIoU (the smallest on ties) with its scores. Labels are exactly
+    those of :func:`~wsss.pseudo.threshold.make_pseudo_labels` at the same τ and
+    settings (``strict_tau`` included).
     """
     start = time.perf_counter()
     cam_dir = Path(cam_dir)
@@ -167,7 +175,7 @@ def sweep_tau(
     if not ids:
         raise WsssError(f"{dataset.root}: split {dataset.split!r} has no images to sweep")
 
-    job = _SweepJob(dataset, cam_dir, tau_list, sources, sal_threshold, ignore_salient_bg)
+    job = _SweepJob(dataset, cam_dir, tau_list, sources, sal_threshold, ignore_salient_bg, strict_tau)
     metrics = job.new_metrics()
     bar = tqdm(total=len(ids), desc="τ sweep", unit="img", disable=not progress)
     with bar:
@@ -208,6 +216,7 @@ def sweep_tau(
         "sources": {k: None if v is None else str(v) for k, v in sources.items()},
         "sal_threshold": float(sal_threshold),
         "ignore_salient_bg": bool(ignore_salient_bg),
+        "strict_tau": bool(strict_tau),
         "num_images": len(ids),
         "num_classes": dataset.num_classes,
         "class_names": list(dataset.class_names),

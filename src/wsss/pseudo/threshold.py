@@ -1,13 +1,26 @@
 """Pseudo labels by thresholding CAMs, with or without saliency (seed 000, Algorithm 1).
 
-Algorithm 1 stacks a background score (``1 - S_bin``, or the constant τ
-without saliency) on the class scores (CAM where > τ, else 0) and takes the
-argmax. Because the class scores are the CAM itself wherever they can win,
-the argmax reduces to comparing the per-pixel CAM maximum ``m`` with τ and
-with the background score: a pixel gets the class of its strongest CAM iff
-``m > τ`` and ``m > bg`` (ties go to background, as ``np.argmax`` picks the
-first index). The top class and ``m`` do not depend on τ, so a τ sweep
-computes them once per image (:func:`cam_peak`) and then only compares
+Algorithm 1 stacks a background score on the class scores and takes the
+argmax. We follow the authors' released code (clovaai/WSSS-BED,
+``wsss_bed/run.py``), which differs from the paper's pseudocode at one point:
+
+- with saliency, the background score is ``1 - S_bin`` and a class score is
+  set to 0 only where its CAM is *below* τ, so a CAM exactly equal to τ keeps
+  its score (the paper writes ``CAM > τ``; ``strict_tau=True`` gives that);
+- without saliency, the background score is the constant τ and the CAM is
+  not zeroed, so a class needs a CAM strictly above τ (a tie goes to
+  background): both versions agree here.
+
+Because the class scores are the CAM itself wherever they can win, the argmax
+reduces to comparing the per-pixel CAM maximum ``m`` with τ and with the
+background score: with saliency a pixel gets the class of its strongest CAM
+iff ``m >= τ`` (``m > τ`` with ``strict_tau``) and ``m > bg``; without, iff
+``m > τ``. Ties with the background score go to background and ties between
+classes to the lowest class id, as ``np.argmax`` over [background, classes in
+id order] picks the first. Comparisons are made in float32, as the reference
+does with its float32 maps, so a PNG CAM value k/255 equal to τ counts as a
+tie. The top class and ``m`` do not depend on τ, so a τ sweep computes them
+once per image (:func:`cam_peak`) and then only compares
 (:class:`ThresholdLabeller`).
 """
 
@@ -43,9 +56,11 @@ __all__ = [
 
 
 def cam_peak(cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel CAM maximum and the class id (from ``keys``) that attains it first.
+    """Per-pixel CAM maximum and the lowest class id (from ``keys``) that attains it.
 
-    With no classes the maximum is -inf, so every pixel ends up background.
+    Ties between classes go to the lowest id whatever the order of ``keys``, as in
+    WSSS-BED, whose class channels are stacked in id order. With no classes the
+    maximum is -inf, so every pixel ends up background.
     """
     cam = np.asarray(cam)
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
@@ -56,6 +71,9 @@ def cam_peak(cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     if keys.size == 0:
         return np.full(cam.shape[1:], -np.inf, np.float32), np.zeros(cam.shape[1:], np.uint8)
     cam = cam.astype(np.float32, copy=False)
+    if (np.diff(keys) < 0).any():
+        order = np.argsort(keys, kind="stable")
+        cam, keys = cam[order], keys[order]
     top = cam.argmax(axis=0)
     peak = np.take_along_axis(cam, top[None], axis=0)[0]
     return peak, keys.astype(np.uint8)[top]
@@ -71,6 +89,8 @@ class ThresholdLabeller:
 
     Folds the background comparison into the peak once (pixels whose CAM cannot beat
     their background score get -inf), so each τ costs one comparison and one select.
+    ``strict_tau`` (with saliency only): the paper's ``CAM > τ`` instead of the
+    released code's ``CAM >= τ``.
     """
 
     def __init__(
@@ -79,12 +99,16 @@ class ThresholdLabeller:
         top_class: np.ndarray,
         salient: np.ndarray | None = None,
         ignore_salient_bg: bool = True,
+        strict_tau: bool = False,
     ):
         self.top_class = top_class
         if salient is None:
             self.peak = peak  # the background score is τ itself: a class wins iff its CAM > τ
             self.fallback = np.uint8(0)
+            self.keep_at_tau = False
             return
+        # the class score is zeroed only below τ, so a CAM equal to τ still competes
+        self.keep_at_tau = not strict_tau
         if salient.shape != peak.shape:
             raise ValueError(f"saliency shape {salient.shape} does not match the CAM's {peak.shape}")
         # background score 1 - S_bin: 1 on non-salient pixels, 0 on salient ones
@@ -94,7 +118,9 @@ class ThresholdLabeller:
 
     def __call__(self, tau: float) -> np.ndarray:
         _check_tau(tau)
-        return np.where(self.peak > tau, self.top_class, self.fallback).astype(np.uint8, copy=False)
+        tau32 = np.float32(tau)  # the reference compares its float32 maps with a float32 τ
+        wins = self.peak >= tau32 if self.keep_at_tau else self.peak > tau32
+        return np.where(wins, self.top_class, self.fallback).astype(np.uint8, copy=False)
 
 
 def threshold_pseudo_label(
@@ -104,17 +130,19 @@ def threshold_pseudo_label(
     saliency: np.ndarray | None = None,
     sal_threshold: float = 0.2,
     ignore_salient_bg: bool = True,
+    strict_tau: bool = False,
 ) -> np.ndarray:
     """Seed 000's Algorithm 1 → uint8 H×W label map (class ids from ``keys``, 255 = ignore).
 
     ``cam``: len(keys)×H×W scores in [0, 1] of the present classes; ``saliency``:
     H×W in [0, 1], binarised at ``sal_threshold``. Without saliency the background
     score is the constant τ; with it, salient pixels that end as background become
-    255 when ``ignore_salient_bg``.
+    255 when ``ignore_salient_bg``. With saliency a CAM equal to τ keeps its class
+    score, as in WSSS-BED's code; ``strict_tau=True`` follows the paper (CAM > τ).
     """
     peak, top_class = cam_peak(cam, keys)
     salient = None if saliency is None else salient_mask(saliency, sal_threshold)
-    return ThresholdLabeller(peak, top_class, salient, ignore_salient_bg)(tau)
+    return ThresholdLabeller(peak, top_class, salient, ignore_salient_bg, strict_tau)(tau)
 
 
 def _check_tau(tau: float) -> None:
@@ -154,8 +182,11 @@ def make_pseudo_labels(
     shard: str | tuple[int, int] | None = None,
     progress: bool = True,
     force: bool = False,
+    strict_tau: bool = False,
 ) -> Path:
     """Stage 3 (threshold): write ``out_dir/<id>.png`` for the images of this shard.
+
+    ``strict_tau``: see :func:`threshold_pseudo_label` (matters only with saliency).
 
     Existing outputs are kept (resume) when the settings and the CAM/saliency files are
     those that made them (else refused; ``force`` recomputes); a ``run.json``
@@ -173,6 +204,7 @@ def make_pseudo_labels(
         "tau": float(tau),
         "sal_threshold": float(sal_threshold) if saliency_dir is not None else None,
         "ignore_salient_bg": bool(ignore_salient_bg) if saliency_dir is not None else None,
+        "strict_tau": bool(strict_tau) if saliency_dir is not None else None,
     }
     inputs = {"cams": cam_dir, "saliency": saliency_dir}
     with stage_run(out_dir, "pseudo", settings, inputs, force=force, shard=shard) as run:
@@ -188,7 +220,9 @@ def make_pseudo_labels(
             saliency = None
             if saliency_dir is not None:
                 saliency = load_saliency(_saliency_file(saliency_dir, image_id), shape=shape)
-            label = threshold_pseudo_label(cam, keys, tau, saliency, sal_threshold, ignore_salient_bg)
+            label = threshold_pseudo_label(
+                cam, keys, tau, saliency, sal_threshold, ignore_salient_bg, strict_tau
+            )
             save_label(out_path, label)
             written += 1
         run.finish(
