@@ -88,9 +88,14 @@ def test_saliency_feedback_overlap_rule_and_s_hat_by_hand():
     # μ weights the two terms: μ = 1 → Ŝ = Σ_fg p
     got = saliency_feedback_loss(maps, saliency, both, mu=1.0)
     assert float(got) == pytest.approx(_expected({"c1": 0.1, "c2": 0.8, "bg": 0.1}), abs=1e-6)
-    # saliency at 4× the map resolution is averaged down to it (area), same answer
+    # saliency at 4× the map resolution is resampled to it by nearest neighbour (EPS's code):
+    # each map cell takes the top-left pixel of its 4×4 block, so constant blocks give the same
+    # answer, and the rest of a block does not count (an average over it, as before, would)
     _, big = _hand_made(saliency_upsample=4)
     assert float(saliency_feedback_loss(maps, big, both)) == pytest.approx(0.2605, abs=1e-6)
+    speckled = big.clone()
+    speckled[..., 1::4, :] = 1.0 - speckled[..., 1::4, :]  # flip one row in four
+    assert float(saliency_feedback_loss(maps, speckled, both)) == pytest.approx(0.2605, abs=1e-6)
 
 
 def test_saliency_loss_reaches_the_generator():

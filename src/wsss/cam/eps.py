@@ -1,5 +1,6 @@
-"""Method "eps" (Lee et al. 2021, as WSSS-BED evaluates it): C + 1 class maps trained with
-the image-level classification loss and saliency feedback (docs/methods.md §1).
+"""Method "eps" (Lee et al. 2021; the loss follows the authors' code, halbielee/EPS): C + 1
+class maps trained with the image-level classification loss and saliency feedback
+(docs/methods.md §1).
 
 Also home of what every saliency-supervised method shares: :func:`saliency_feedback_loss`
 and :class:`SaliencyCamTrainer` (saliency source, C + 1 maps, method options).
@@ -18,7 +19,46 @@ from wsss.data.base import Dataset
 from wsss.io import WsssError
 from wsss.models.cam_net import CamNet
 
-OVERLAP_EPS = 1e-5
+OVERLAP_EPS = 1e-4  # added per map cell to the overlap's denominator, as EPS's released code does
+
+
+def estimated_saliency(
+    maps: torch.Tensor,
+    saliency: torch.Tensor,
+    labels: torch.Tensor,
+    overlap_threshold: float = 0.4,
+    mu: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ŝ of docs/methods.md §1 and the saliency target S it is compared with, both B×1×h×w.
+
+    ``maps`` are the raw maps B×(C+1)×h×w (background last), ``saliency`` B×1×H×W in [0, 1],
+    ``labels`` multi-hot B×C. S is resampled to the map grid by nearest neighbour (torch's
+    ``F.interpolate`` default, what halbielee/EPS does). Present classes whose rounded map
+    overlaps the rounded saliency by more than ``overlap_threshold``
+    (o_c = |round p_c ∩ round S| / (|round p_c| + 1e-4·h·w)) count as foreground; the others
+    (co-occurring stuff such as water under a boat) join the background, so the saliency map
+    does not punish the network for seeing them.
+    """
+    batch, num_maps = maps.shape[:2]
+    if labels.shape != (batch, num_maps - 1):
+        raise WsssError(
+            f"saliency_feedback_loss: labels {tuple(labels.shape)} do not fit maps {tuple(maps.shape)}"
+        )
+    probs = torch.softmax(maps.float(), dim=1)
+    height, width = probs.shape[-2:]
+    target = saliency.float()
+    if target.shape[-2:] != probs.shape[-2:]:
+        target = F.interpolate(target, (height, width), mode="nearest")
+    fg_probs = probs[:, :-1]
+    rounded = (fg_probs > 0.5).float()  # = torch.round on [0, 1] (0.5 rounds to even, 0)
+    denominator = rounded.sum(dim=(2, 3)) + OVERLAP_EPS * height * width
+    overlap = (rounded * (target > 0.5).float()).sum(dim=(2, 3)) / denominator
+    present = labels > 0.5
+    foreground = (present & (overlap > overlap_threshold)).float()
+    to_background = (present & (overlap <= overlap_threshold)).float()
+    fg_sum = (fg_probs * foreground[:, :, None, None]).sum(dim=1, keepdim=True)
+    bg_sum = probs[:, -1:] + (fg_probs * to_background[:, :, None, None]).sum(dim=1, keepdim=True)
+    return mu * fg_sum + (1.0 - mu) * (1.0 - bg_sum), target
 
 
 def saliency_feedback_loss(
@@ -28,32 +68,8 @@ def saliency_feedback_loss(
     overlap_threshold: float = 0.4,
     mu: float = 0.5,
 ) -> torch.Tensor:
-    """L_sal = mean (Ŝ − S)² of docs/methods.md §1, from raw maps B×(C+1)×h×w (background last),
-    saliency B×1×H×W in [0, 1] and multi-hot labels B×C.
-
-    Present classes whose rounded map overlaps the rounded saliency by more than
-    ``overlap_threshold`` (o_c = |round p_c ∩ round S| / |round p_c|) count as foreground;
-    the others (co-occurring stuff such as water under a boat) join the background, so
-    the saliency map does not punish the network for seeing them.
-    """
-    batch, num_maps = maps.shape[:2]
-    if labels.shape != (batch, num_maps - 1):
-        raise WsssError(
-            f"saliency_feedback_loss: labels {tuple(labels.shape)} do not fit maps {tuple(maps.shape)}"
-        )
-    probs = torch.softmax(maps.float(), dim=1)
-    target = saliency.float()
-    if target.shape[-2:] != probs.shape[-2:]:
-        target = F.interpolate(target, probs.shape[-2:], mode="area")  # the mean saliency of each cell
-    fg_probs = probs[:, :-1]
-    rounded = (fg_probs > 0.5).float()  # = torch.round on [0, 1] (0.5 rounds to even, 0)
-    overlap = (rounded * (target > 0.5).float()).sum(dim=(2, 3)) / (rounded.sum(dim=(2, 3)) + OVERLAP_EPS)
-    present = labels > 0.5
-    foreground = (present & (overlap > overlap_threshold)).float()
-    to_background = (present & (overlap <= overlap_threshold)).float()
-    fg_sum = (fg_probs * foreground[:, :, None, None]).sum(dim=1, keepdim=True)
-    bg_sum = probs[:, -1:] + (fg_probs * to_background[:, :, None, None]).sum(dim=1, keepdim=True)
-    predicted = mu * fg_sum + (1.0 - mu) * (1.0 - bg_sum)
+    """L_sal = mean (Ŝ − S)² over pixels and batch; arguments as :func:`estimated_saliency`."""
+    predicted, target = estimated_saliency(maps, saliency, labels, overlap_threshold, mu)
     return ((predicted - target) ** 2).mean()
 
 
@@ -125,11 +141,12 @@ class SaliencyCamTrainer(CamTrainer):
 class EpsTrainer(SaliencyCamTrainer):
     """Loss = cls(GAP of the C foreground maps, y) + ``sal_weight`` · L_sal.
 
-    method_options (defaults from WSSS-BED's EPS): ``sal_weight`` 0.5 (λ),
-    ``overlap_threshold`` 0.4 (δ), ``mu`` 0.5 (weight of the foreground term in Ŝ).
+    method_options (defaults from EPS's released code: ``train.py`` adds the two losses,
+    ``script/voc12_eps.sh`` sets τ 0.4, ``main.py`` λ 0.5): ``sal_weight`` 1.0,
+    ``overlap_threshold`` 0.4 (EPS's τ), ``mu`` 0.5 (EPS's λ, weight of the foreground term in Ŝ).
     """
 
-    option_defaults = {"sal_weight": 0.5, "overlap_threshold": 0.4, "mu": 0.5}
+    option_defaults = {"sal_weight": 1.0, "overlap_threshold": 0.4, "mu": 0.5}
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits, maps = self.train_model(batch["image"])
