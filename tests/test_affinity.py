@@ -133,24 +133,20 @@ def test_make_affinity_labels_stage(voc_like, tmp_path):
 
 
 # --------------------------------------------------------------------------- paths and pairs
-def _touches(dy: int, dx: int, y: int, x: int) -> bool:
-    """Does the segment (0,0)→(dy,dx) meet the closed unit square of cell (y, x)? (Liang–Barsky)"""
-    low, high = Fraction(0), Fraction(1)
-    for step, centre in ((dy, y), (dx, x)):
-        a, b = Fraction(2 * centre - 1, 2), Fraction(2 * centre + 1, 2)
-        if step == 0:
-            if not a <= 0 <= b:
-                return False
-            continue
-        t1, t2 = sorted((a / step, b / step))
-        low, high = max(low, t1), min(high, t2)
-    return low <= high
+def _near_line(dy: int, dx: int, y: int, x: int) -> bool:
+    """Is cell (y, x) in the box of (0,0)–(dy,dx) and its centre under one cell from the line? (exact)"""
+    in_box = min(0, dy) <= y <= max(0, dy) and min(0, dx) <= x <= max(0, dx)
+    return in_box and Fraction((dy * x - dx * y) ** 2, dy * dy + dx * dx) < 1
 
 
-def test_path_points_are_the_cells_the_segment_touches():
+def test_path_points_are_the_cells_within_one_cell_of_the_segment():
+    # IRN's rule (misc/indexing.py); tests/test_parity_random_walk.py holds IRN's own sets
     for dy, dx in half_offsets(6):
-        expected = {(y, x) for y in range(-1, 7) for x in range(-7, 7) if _touches(dy, dx, y, x)}
+        expected = {(y, x) for y in range(-1, 7) for x in range(-7, 7) if _near_line(dy, dx, y, x)}
         assert set(path_points(dy, dx)) == expected, (dy, dx)
+    assert path_points(1, 2) == ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2))  # the whole 2×3 box
+    # the 3×4 box less (0, 2), (2, 1) (√(16/13) from the line) and (0, 3), (2, 0) (√(36/13))
+    assert path_points(2, 3) == ((0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (1, 3), (2, 2), (2, 3))
 
 
 def test_half_offsets_cover_the_disk_once():

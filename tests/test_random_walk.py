@@ -35,8 +35,9 @@ def test_affinity_matrix_is_symmetric_with_powered_path_affinities():
     a = affinity_matrix(edge, radius=3, beta=3.0)
     torch.testing.assert_close(a, a.T)
     torch.testing.assert_close(torch.diagonal(a), torch.ones(42))
-    # pair (2, 3) → (2 + 1, 3 − 2): the path visits (2,3) (2,2) (3,2) (3,1) → a = 1 − max edge there
-    worst = max(edge[2, 3], edge[2, 2], edge[3, 2], edge[3, 1])
+    # pair (2, 3) → (2 + 1, 3 − 2): every cell of the 2×3 box lies under one cell from the line
+    # (IRN's path rule) → a = 1 − max edge over rows 2–3, columns 1–3
+    worst = edge[2:4, 1:4].max()
     assert a[2 * 7 + 3, 3 * 7 + 1].item() == pytest.approx((1 - worst.item()) ** 3, rel=1e-5)
     assert a[0, 3 * 7 + 0].item() == 0.0  # (0,0)→(3,0): distance 3 is outside radius 3
     sparse = affinity_matrix(edge, radius=3, beta=3.0, sparse=True)

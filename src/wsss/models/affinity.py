@@ -1,8 +1,9 @@
 """The inter-pixel affinity (edge) network of IRN and the path affinity it defines (docs/methods.md §3).
 
 The net predicts one boundary map ``edge`` in [0, 1] at 1/4 of the image resolution, and the
-affinity of two cells i, j within a radius is ``a_ij = 1 − max edge on the straight path from i
-to j`` — so a single boundary map yields every pairwise affinity, and two cells have a high
+affinity of two cells i, j within a radius is ``a_ij = 1 − max edge on the path from i to j``
+(IRN's path: the cells less than one cell from the line through i and j, :func:`path_points`)
+— so a single boundary map yields every pairwise affinity, and two cells have a high
 affinity exactly when no boundary separates them. Training (:mod:`wsss.pseudo.affinity`)
 and the random walk (:mod:`wsss.pseudo.random_walk`) both go through :func:`path_affinity`.
 
@@ -129,26 +130,19 @@ def half_offsets(radius: int) -> list[tuple[int, int]]:
 
 @functools.lru_cache(maxsize=64)
 def path_points(dy: int, dx: int) -> tuple[tuple[int, int], ...]:
-    """The cells whose closed squares the segment from (0, 0) to (dy, dx) touches (both ends
-    included), so that no diagonal step can slip between two edge cells meeting at a corner.
-    Computed exactly in integers: the segment sampled every half cell along its longer axis,
-    each coordinate rounded to the nearest cell (both cells at an exact half)."""
-    steps = 2 * max(abs(dy), abs(dx), 1)
-    cells: set[tuple[int, int]] = set()
-    for k in range(steps + 1):
-        ys = _nearest(k * dy, steps)
-        xs = _nearest(k * dx, steps)
-        cells.update((y, x) for y in ys for x in xs)
-    return tuple(sorted(cells))
+    """The cells of the path from (0, 0) to (dy, dx), both ends included (IRN's rule): the
+    cells of the bounding box of the two ends whose centre lies less than one cell from the
+    line through them. Exact in integers: the squared distance of (y, x) to the line is
+    ``(dy·x − dx·y)² / (dy² + dx²)``, so the test is ``(dy·x − dx·y)² < dy² + dx²``.
 
-
-def _nearest(numerator: int, denominator: int) -> tuple[int, ...]:
-    """Nearest integer(s) to numerator/denominator (both at an exact half)."""
-    twice = 2 * numerator
-    low = (twice - denominator) // (2 * denominator)  # floor(n/d − 1/2)
-    if (twice - denominator) % (2 * denominator) == 0:
-        return (low, low + 1)
-    return (low + 1,)
+    Every cell whose square the segment touches is within √2/2 of the line, so it is on the
+    path: no diagonal step slips between two edge cells meeting at a corner."""
+    if dy == 0 and dx == 0:
+        return ((0, 0),)
+    length_sq = dy * dy + dx * dx
+    ys = range(min(0, dy), max(0, dy) + 1)
+    xs = range(min(0, dx), max(0, dx) + 1)
+    return tuple((y, x) for y in ys for x in xs if (dy * x - dx * y) ** 2 < length_sq)
 
 
 def source_region(height: int, width: int, radius: int) -> tuple[int, int]:
