@@ -75,8 +75,11 @@ def test_diagonal_neighbours_join_only_with_8_connectivity(backend):
     label[0, 0, 5] = 3
     label[0, 2, 5] = 3  # joined to (0, 5) only through an ignore pixel
     label[0, 1, 5] = 255
-    eight = size_weights(label, tau=10.0, connectivity=8, backend=backend)[0]
-    four = size_weights(label, tau=10.0, connectivity=4, backend=backend)[0]
+    # the connectivity choice exists only for the former connected-component rule
+    eight = size_weights(label, tau=10.0, component_rule="connected", connectivity=8, backend=backend)[0]
+    four = size_weights(label, tau=10.0, component_rule="connected", connectivity=4, backend=backend)[0]
+    contours = size_weights(label, tau=10.0, backend=backend)[0]  # contour tracing is 8-connected
+    torch.testing.assert_close(contours, eight)
     fg = 5
     assert [eight[i, i].item() for i in range(3)] == pytest.approx([fg / 3] * 3)
     assert [four[i, i].item() for i in range(3)] == pytest.approx([fg / 1] * 3)
@@ -188,13 +191,17 @@ def test_size_weighted_equals_ce_when_every_weight_is_one():
     )
 
 
-def test_logits_are_upsampled_to_the_label():
+def test_logits_are_upsampled_to_the_label_with_resize_logits():
+    # the former default; the authors' default (resize="labels") downsamples the label
+    # instead, see tests/test_parity_seg_losses.py
     torch.manual_seed(3)
     label, _ = _hand_map()
     small = torch.randn(1, 3, 4, 4)
     up = F.interpolate(small, size=(12, 12), mode="bilinear", align_corners=False)
     for kind in ("ce", "size-weighted"):
-        torch.testing.assert_close(segmentation_loss(small, label, kind), segmentation_loss(up, label, kind))
+        torch.testing.assert_close(
+            segmentation_loss(small, label, kind, resize="logits"), segmentation_loss(up, label, kind)
+        )
 
 
 def test_gradients_flow_and_skip_ignore_pixels():
@@ -257,8 +264,8 @@ def test_fisher_is_the_running_squared_ce_gradient():
     model.register_parameter("frozen", frozen)
     fisher = FisherDiagonal()
     rng = np.random.default_rng(0)
-    expected_w = np.zeros((3, 4))
-    expected_b = np.zeros(3)
+    expected_w = np.ones((3, 4))  # F starts at ones, as in the authors' code (was zeros)
+    expected_b = np.ones(3)
     for _ in range(3):
         x = rng.normal(size=(5, 4))
         y = rng.integers(0, 3, size=5)
@@ -275,12 +282,16 @@ def test_fisher_is_the_running_squared_ce_gradient():
     np.testing.assert_allclose(fisher.fisher["bias"].numpy(), expected_b, rtol=1e-5)
     assert fisher.updates == 3
 
+    # per parameter tensor (the authors'; was one global min-max), with their 1e-8 guard
     normalized = fisher.normalized()
+    for name, expected in (("weight", expected_w), ("bias", expected_b)):
+        want = (expected - expected.min()) / (expected.max() - expected.min() + 1e-8)
+        np.testing.assert_allclose(normalized[name].numpy(), want, rtol=1e-5)
+        assert normalized[name].min() == 0 and normalized[name].max() == pytest.approx(1.0)
+    by_global = fisher.normalized(scope="global")  # the former variant, kept as an option
     low = min(expected_w.min(), expected_b.min())
     high = max(expected_w.max(), expected_b.max())
-    np.testing.assert_allclose(normalized["weight"].numpy(), (expected_w - low) / (high - low), rtol=1e-5)
-    all_values = torch.cat([f.flatten() for f in normalized.values()])
-    assert all_values.min() == 0 and all_values.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(by_global["weight"].numpy(), (expected_w - low) / (high - low), rtol=1e-5)
 
     restored = FisherDiagonal()
     restored.load_state_dict(fisher.state_dict())
@@ -296,7 +307,10 @@ def test_normalized_needs_updates_and_handles_a_flat_fisher():
         FisherDiagonal().normalized()
     flat = FisherDiagonal()
     flat.load_state_dict({"new_weight": 0.9, "updates": 1, "fisher": {"w": torch.full((2,), 0.3)}})
-    torch.testing.assert_close(flat.normalized()["w"], torch.ones(2))
+    torch.testing.assert_close(flat.normalized()["w"], torch.zeros(2))  # per tensor: 0/(0 + 1e-8)
+    torch.testing.assert_close(flat.normalized(scope="global")["w"], torch.ones(2))
+    with pytest.raises(ValueError, match="scope"):
+        flat.normalized(scope="layer")
 
 
 def test_ewc_penalty_is_zero_at_the_anchor_and_quadratic_away_from_it():

@@ -62,3 +62,40 @@ def test_size_balanced_switches_at_half_and_resumes_exactly_across_the_switch(vo
     resumed.train()
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ewc_term_counts_once_per_micro_batch(voc_like, labels, tmp_path):
+    # the authors backpropagate λ·penalty whole after every micro-batch (main_ewc.py), while
+    # the data loss is averaged over the micro-batches; "ewc" (inside "loss") is that term
+    ds = build_dataset("synthetic", voc_like, "train")
+    gradients = {}
+
+    def run(penalty_key: str, accumulate: int) -> dict[str, torch.Tensor]:
+        trainer = build_seg_trainer(ds, tmp_path / f"{penalty_key}{accumulate}", config(labels, accumulate=accumulate),
+                                    "ce", progress=False)  # fmt: skip
+        trainer.model.load_state_dict(first.model.state_dict())
+        head = dict(trainer.model.named_parameters())[last_name]
+
+        def compute_loss(logits, batch):
+            data = logits.float().square().mean()
+            penalty = 3.0 * head.square().sum()
+            return {"loss": data + penalty, penalty_key: penalty}
+
+        trainer.compute_loss = compute_loss
+        trainer.on_gradients = lambda: gradients.update(
+            {(penalty_key, accumulate): head.grad.detach().clone()}
+        )
+        trainer.train_model.eval()
+        trainer.train_step({"image": images, "seg_label": target})
+        return gradients[(penalty_key, accumulate)]
+
+    first = build_seg_trainer(ds, tmp_path / "init", config(labels), "ce", progress=False)
+    last_name = [n for n, p in first.model.named_parameters() if p.requires_grad][-1]
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(4, 3, 48, 48, generator=g)
+    target = torch.zeros(4, 48, 48, dtype=torch.long)
+    head = dict(first.model.named_parameters())[last_name].detach()
+    penalty_grad = 6.0 * head
+    once = run("ewc", 2) - run("other", 2)  # same data gradient; differs by (2 − 1)·∇penalty
+    torch.testing.assert_close(once, penalty_grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(run("ewc", 1), run("other", 1), rtol=0, atol=0)  # one micro-batch: no change

@@ -1,37 +1,45 @@
 """Segmentation losses of stage 4: CE, size-weighted CE and size-balanced CE with EWC (seed 004).
 
-Definitions (docs/methods.md §4, which was checked against the authors' code; the seed's
-Eq. 3-5 were lost in the text conversion):
+Definitions, matched against the authors' code (Cheolhyun-Mun/wsss_small_object_matters@629dd2c,
+``libs/utils/loss.py``, ``libs/utils/ewc.py``, ``main_ewc.py``; the seed's Eq. 3-5 were lost in
+the text conversion):
 
-* Components: for each image and each foreground class, the connected components K of
-  the pseudo label (8-connectivity by default, as IA-mIoU uses). Background (0) and
-  ignore (255) pixels belong to no component, so two parts of a class joined only
-  through ignore pixels are two components, and components never cross image borders
-  within a batch.
-* Size weight: a pixel of K gets ``w = min(τ, |FG| / |K|)``, |FG| = all foreground
-  pixels of that image (every class together, ignore excluded); background ``w = 1``;
-  ignore ``w = 0``. |K| ≤ |FG|, so foreground weights lie in [1, τ]. (The seed's
-  prose also names the number of instances per class; docs/methods.md's image-wide |FG|
-  is what the authors' code does.)
+* Regions (``component_rule="contours"``, the default): per image and foreground class,
+  every contour that OpenCV's ``findContours`` (RETR_TREE, CHAIN_APPROX_SIMPLE) returns for
+  the class mask, drawn filled. An outer contour therefore covers its object *with* its
+  holes, and a hole contour covers the hole (plus the object's inner rim); contours are
+  painted in OpenCV's order and classes in ascending order, a later one overwriting the
+  weights of an earlier one, and the paint also lands on background inside holes.
+  ``component_rule="connected"`` keeps the former rule: same-class connected components
+  (8-connectivity by default), holes not filled, background never weighted.
+* Size weight: a painted pixel gets ``w = min(τ, |FG| / |R|)``, |FG| = all foreground
+  pixels of that image (every class together, ignore excluded), |R| = the painted region's
+  pixel count; other pixels ``w = 1``; ignore ``w = 0``. A filled region can be larger
+  than |FG|, so weights can fall below 1.
 * Loss: ``Σ w·ℓ / Σ w`` over all pixels of the batch (ℓ = per-pixel CE); with w = 1
-  on labelled pixels this is the usual mean CE over non-ignored pixels.
-* Size-balanced: task A = the first half of training with plain CE, updating a Fisher
-  diagonal ``F ← 0.9·g² + 0.1·F`` (F₀ = 0, g = the step's CE gradient); then task B =
-  size-weighted CE + ``λ·Σ F̂·(θ − θ_A)²`` with θ_A the weights at the switch,
-  F̂ = min-max normalised F, λ = 500.
+  on labelled pixels this is the usual mean CE over non-ignored pixels. Given several
+  outputs (DeepLab-V2's multi-scale logits), the loss is the sum over outputs, each
+  against the label nearest-downsampled to its size (PIL-style centre sampling), with
+  the weights computed on that downsampled label.
+* Size-balanced: task A = plain CE, updating a Fisher diagonal ``F ← 0.9·g² + 0.1·F``
+  (F₀ = 1, g = the current CE gradient); then task B = size-weighted CE +
+  ``λ·Σ F̂·(θ − θ_A)²`` with θ_A the weights at the switch, F̂ = F min-max normalised per
+  parameter tensor (``(F − min)/(max − min + 1e-8)``), λ = 500, the penalty added once
+  per micro-batch (not divided by the accumulation count).
 
-Logits are upsampled bilinearly to the label size rather than labels downsampled:
-nearest-downsampling a pseudo label erases exactly the small components whose
-weights this loss is about.
+``resize="logits"`` keeps the former alternative of upsampling logits bilinearly to the
+label instead of downsampling labels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from scipy import ndimage
 from torch import nn
 
@@ -42,6 +50,11 @@ BACKENDS = ("auto", "torch", "scipy")
 DEFAULT_TAU = 5.0
 DEFAULT_EWC_LAMBDA = 500.0
 DEFAULT_FISHER_NEW_WEIGHT = 0.9
+DEFAULT_FISHER_INITIAL = 1.0
+FISHER_NORM_EPS = 1e-8
+COMPONENT_RULES = ("contours", "connected")
+RESIZE_MODES = ("labels", "logits")
+NORMALIZE_SCOPES = ("tensor", "global")
 
 _NEIGHBOURS = {
     4: ((-1, 0), (1, 0), (0, -1), (0, 1)),
@@ -159,24 +172,61 @@ def _components_scipy(foreground_class: torch.Tensor, connectivity: int) -> torc
     return torch.from_numpy(out.reshape(classes.shape))
 
 
+def _contour_weights(label: np.ndarray, tau: float, ignore_index: int) -> np.ndarray:
+    """The "contours" rule on a B×H×W int array: filled RETR_TREE contours, painted in order."""
+    weights = np.ones(label.shape, dtype=np.float64)
+    for image, out in zip(label, weights, strict=True):
+        is_foreground = (image != 0) & (image != ignore_index)
+        foreground = int(is_foreground.sum())
+        for c in np.unique(image[is_foreground]):
+            mask = (image == c).astype(np.uint8)
+            contours, _ = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+            for contour in contours:
+                region = np.zeros(image.shape, dtype=np.uint8)
+                cv2.drawContours(region, [contour], 0, 1, thickness=-1)
+                inside = region > 0
+                out[inside] = min(tau, foreground / int(inside.sum()))
+    return weights
+
+
 def size_weights(
     label: torch.Tensor,
     tau: float = DEFAULT_TAU,
     *,
     ignore_index: int = IGNORE,
-    connectivity: int = 8,
+    component_rule: str = "contours",
+    connectivity: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Seed 004's per-pixel weights: ``min(τ, |FG|/|K|)`` on foreground, 1 on background, 0 on ignore.
+    """Seed 004's per-pixel weights: ``min(τ, |FG|/|R|)`` on painted regions, 1 elsewhere, 0 on ignore.
 
-    Small components of an image with much foreground get up to τ times the pull of a
+    Small objects of an image with much foreground get up to τ times the pull of a
     background pixel, so the network stops trading small objects for large ones.
-    Returns float32 B×H×W on the label's device.
+    ``component_rule`` "contours" (the authors' filled contours, see the module) or
+    "connected" (connected components, ``connectivity``, default 8). Contour tracing is
+    8-connected for the object (4 for its holes), so it accepts only ``connectivity``
+    None or 8. The contour rule always runs
+    OpenCV on the CPU, whatever ``backend``; ``backend`` picks the component labeller of
+    the "connected" rule. Returns float32 B×H×W on the label's device.
     """
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau}")
+    if component_rule not in COMPONENT_RULES:
+        raise ValueError(f"component_rule must be one of {COMPONENT_RULES}, got {component_rule!r}")
+    if component_rule == "contours":
+        if connectivity not in (None, 8):
+            raise ValueError(f"component_rule 'contours' is 8-connected, got connectivity {connectivity}")
+        _check_label(label)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        painted = torch.from_numpy(_contour_weights(label.long().cpu().numpy(), float(tau), ignore_index))
+        weights = painted.to(label.device)
+        return torch.where(label == ignore_index, 0.0, weights).float()
     components = connected_components(
-        label, connectivity=connectivity, ignore_index=ignore_index, backend=backend
+        label,
+        connectivity=8 if connectivity is None else connectivity,
+        ignore_index=ignore_index,
+        backend=backend,
     )
     is_foreground = components >= 0
     sizes = torch.bincount(components[is_foreground], minlength=components.numel())
@@ -188,26 +238,78 @@ def size_weights(
     return torch.where(label == ignore_index, 0.0, weights).float()
 
 
+def _pil_nearest_index(source: int, target: int) -> torch.Tensor:
+    """Source positions PIL's NEAREST resize samples for ``target`` outputs along one axis.
+
+    Centre sampling ``floor((i + 0.5)·source/target)``, except that PIL accumulates the
+    position in floating point, which moves some exact ties (e.g. 12 → 9) down by one;
+    asking PIL itself keeps the authors' label pyramids exact.
+    """
+    ramp = Image.fromarray(np.arange(source, dtype=np.float32)[None, :])
+    picked = np.asarray(ramp.resize((target, 1), resample=Image.NEAREST))[0]
+    return torch.from_numpy(picked.astype(np.int64))
+
+
+def resize_labels_nearest(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """B×H×W labels resized to ``size`` (h, w) by nearest sampling, exactly as PIL's NEAREST."""
+    _check_label(label)
+    height, width = (int(v) for v in size)
+    if tuple(label.shape[-2:]) == (height, width):
+        return label
+    rows = _pil_nearest_index(label.shape[-2], height).to(label.device)
+    cols = _pil_nearest_index(label.shape[-1], width).to(label.device)
+    return label[:, rows][:, :, cols]
+
+
 # --------------------------------------------------------------------------- pixel losses
 def segmentation_loss(
-    logits: torch.Tensor,
+    logits: torch.Tensor | Sequence[torch.Tensor],
     target: torch.Tensor,
     kind: str = "ce",
     tau: float = DEFAULT_TAU,
     *,
     ignore_index: int = IGNORE,
     weights: torch.Tensor | None = None,
+    component_rule: str = "contours",
+    resize: str = "labels",
 ) -> torch.Tensor:
-    """``Σ w·CE / Σ w`` over the batch, logits (B×C×h×w) upsampled bilinearly to the label (B×H×W).
+    """``Σ w·CE / Σ w`` over the batch; for a list of outputs, the sum of that over the outputs.
 
-    kind "ce": w = 1 on labelled pixels (the mean CE); "size-weighted": w = size_weights
-    (pass ``weights`` to reuse ones computed elsewhere, e.g. in the data loader). A batch
-    with no labelled pixel gives a zero loss that still backpropagates.
+    ``logits``: one B×C×h×w tensor or a sequence of them (e.g. DeepLab-V2's multi-scale
+    outputs); target B×H×W. ``resize`` "labels" (default, the authors'): the label is
+    nearest-downsampled to each output's size and weights are computed on it;
+    "logits": each output is upsampled bilinearly to the label. kind "ce": w = 1 on
+    labelled pixels (the mean CE); "size-weighted": w = size_weights (``component_rule``;
+    pass ``weights`` of the target's shape to reuse ones computed elsewhere, only usable
+    where an output is compared at the target's size). A batch with no labelled pixel
+    gives a zero loss that still backpropagates.
     """
     if kind not in PIXEL_LOSS_KINDS:
         raise ValueError(
             f"kind must be one of {PIXEL_LOSS_KINDS} (size-balanced switches between them), got {kind!r}"
         )
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    outputs = [logits] if isinstance(logits, torch.Tensor) else list(logits)
+    if not outputs:
+        raise ValueError("no logits given")
+    total = None
+    for output in outputs:
+        loss = _single_output_loss(output, target, kind, tau, ignore_index, weights, component_rule, resize)
+        total = loss if total is None else total + loss
+    return total
+
+
+def _single_output_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    kind: str,
+    tau: float,
+    ignore_index: int,
+    weights: torch.Tensor | None,
+    component_rule: str,
+    resize: str,
+) -> torch.Tensor:
     if logits.dim() != 4:
         raise ValueError(f"logits must be B×C×h×w, got shape {tuple(logits.shape)}")
     _check_label(target)
@@ -219,17 +321,22 @@ def segmentation_loss(
     if bool(out_of_range.any()):
         bad = torch.unique(target[out_of_range]).tolist()
         raise ValueError(f"target has classes {bad} outside 0..{num_classes - 1} that are not {ignore_index}")
+    if weights is not None and weights.shape != target.shape:
+        raise ValueError(
+            f"weights shape {tuple(weights.shape)} differs from target shape {tuple(target.shape)}"
+        )
     if logits.shape[-2:] != target.shape[-2:]:
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        if resize == "logits":
+            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        else:
+            if weights is not None and kind == "size-weighted":
+                raise ValueError("precomputed weights need an output of the target's size")
+            target = resize_labels_nearest(target, tuple(logits.shape[-2:]))
     pixel_loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
     if kind == "ce":
         weights = (target != ignore_index).float()
     elif weights is None:
-        weights = size_weights(target, tau, ignore_index=ignore_index)
-    elif weights.shape != target.shape:
-        raise ValueError(
-            f"weights shape {tuple(weights.shape)} differs from target shape {tuple(target.shape)}"
-        )
+        weights = size_weights(target, tau, ignore_index=ignore_index, component_rule=component_rule)
     weights = weights.to(pixel_loss.device, pixel_loss.dtype)
     total_weight = weights.sum()
     if total_weight <= 0:
@@ -281,16 +388,20 @@ def parameter_anchor(model: nn.Module) -> dict[str, torch.Tensor]:
 class FisherDiagonal:
     """Running diagonal of the empirical Fisher over task A: ``F ← a·g² + (1−a)·F``, a = 0.9.
 
-    ``update(model)`` reads ``param.grad`` of the plain-CE loss, so call it after the
-    step's backward (after the last accumulation micro-batch; with DDP the gradients
-    are already averaged) and before ``optimizer.zero_grad``. Parameters without a
+    F starts at ``initial`` (1, as in the authors' code) for each parameter.
+    ``update(model)`` reads ``param.grad`` of the plain-CE loss, so call it after a
+    backward and before ``optimizer.zero_grad`` (the authors call it after every
+    micro-batch's backward, on the gradient accumulated so far). Parameters without a
     gradient in a step keep their previous value.
     """
 
-    def __init__(self, new_weight: float = DEFAULT_FISHER_NEW_WEIGHT) -> None:
+    def __init__(
+        self, new_weight: float = DEFAULT_FISHER_NEW_WEIGHT, initial: float = DEFAULT_FISHER_INITIAL
+    ) -> None:
         if not 0 < new_weight <= 1:
             raise ValueError(f"new_weight must be in (0, 1], got {new_weight}")
         self.new_weight = float(new_weight)
+        self.initial = float(initial)
         self.fisher: dict[str, torch.Tensor] = {}
         self.updates = 0
 
@@ -302,7 +413,7 @@ class FisherDiagonal:
             grad = param.grad.detach().float()
             current = self.fisher.get(name)
             if current is None:
-                current = torch.zeros_like(grad)
+                current = torch.full_like(grad, self.initial)
             elif current.device != grad.device:
                 current = current.to(grad.device)
             self.fisher[name] = current.mul_(1.0 - self.new_weight).addcmul_(
@@ -310,15 +421,21 @@ class FisherDiagonal:
             )
         self.updates += 1
 
-    def normalized(self) -> dict[str, torch.Tensor]:
-        """F̂ = (F − min) / (max − min), one min and max over all parameters together.
+    def normalized(self, scope: str = "tensor") -> dict[str, torch.Tensor]:
+        """F̂ = (F − min) / (max − min + 1e-8) with min and max per parameter tensor (the authors').
 
-        A global scale keeps the layers' relative importance (a per-tensor scale would
-        make every layer's top parameter equally stiff). If all entries are equal, F̂ is
-        1 where F > 0 and 0 otherwise.
+        ``scope="global"`` is the former variant: one min and max over all parameters
+        together (F̂ = 1 where F > 0 and 0 elsewhere if all entries are equal). A flat
+        tensor gives F̂ = 0 under the per-tensor scope.
         """
+        if scope not in NORMALIZE_SCOPES:
+            raise ValueError(f"scope must be one of {NORMALIZE_SCOPES}, got {scope!r}")
         if not self.fisher:
             raise ValueError("the Fisher diagonal is empty: call update() during task A first")
+        if scope == "tensor":
+            return {
+                name: (f - f.min()) / (f.max() - f.min() + FISHER_NORM_EPS) for name, f in self.fisher.items()
+            }
         low = min(float(f.min()) for f in self.fisher.values())
         high = max(float(f.max()) for f in self.fisher.values())
         if high > low:
@@ -327,7 +444,12 @@ class FisherDiagonal:
 
     def state_dict(self) -> dict:
         fisher = {name: f.detach().clone() for name, f in self.fisher.items()}  # later updates work in place
-        return {"new_weight": self.new_weight, "updates": self.updates, "fisher": fisher}
+        return {
+            "new_weight": self.new_weight,
+            "initial": self.initial,
+            "updates": self.updates,
+            "fisher": fisher,
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
         try:
@@ -335,6 +457,7 @@ class FisherDiagonal:
         except KeyError as e:
             raise ValueError(f"Fisher state lacks {e.args[0]!r}") from None
         self.new_weight = float(new_weight)
+        self.initial = float(state.get("initial", DEFAULT_FISHER_INITIAL))
         self.updates = int(updates)
         self.fisher = {name: torch.as_tensor(f).float().clone() for name, f in fisher.items()}
 

@@ -61,7 +61,7 @@ class SizeBalancedTrainer(SegTrainer):
             self.fisher_hat = self.fisher.normalized()
         weighted = segmentation_loss(logits, target, "size-weighted", tau=float(self.options["tau"]))
         penalty = ewc_penalty(self.model, self.fisher_hat, self.anchor, lam=float(self.options["ewc_lambda"]))
-        # each micro-batch's loss is divided by `accumulate`: the penalty counts once per step
+        # the penalty is backpropagated whole with every micro-batch (train.PER_MICRO_BATCH_TERMS), as seed 004 does
         return {"loss": weighted + penalty, "size_weighted": weighted, "ewc": penalty}
 
     def on_gradients(self) -> None:

@@ -46,6 +46,9 @@ __all__ = [
 
 MODEL_NAME = "model.safetensors"
 SEG_DEFAULT_LR = {"sgd": 2.5e-4, "adamw": 1e-3}
+# loss terms (already included in "loss") that count once per micro-batch, not averaged:
+# seed 004's EWC penalty, which the authors backpropagate whole after every micro-batch
+PER_MICRO_BATCH_TERMS = ("ewc",)
 _CAM_ONLY = {"oc": None, "saliency": None, "label_smoothing": 0.0}
 
 
@@ -285,7 +288,12 @@ class SegTrainer(CamTrainer):
                     raise WsssError(
                         f"{type(self).__name__}.compute_loss must return the total under 'loss', got {sorted(losses)}"
                     )
-                self.scaler.scale(losses["loss"] / len(parts)).backward()
+                # the data loss is averaged over the micro-batches; a penalty returned under
+                # PER_MICRO_BATCH_TERMS (already inside "loss") is added whole to every
+                # micro-batch, as the authors' EWC does
+                once = sum((losses[k] for k in PER_MICRO_BATCH_TERMS if k in losses), torch.zeros(()))
+                once = once.to(losses["loss"].device)
+                self.scaler.scale((losses["loss"] - once) / len(parts) + once).backward()
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + value.detach().float() / len(parts)
         self.scaler.unscale_(self.optimizer)
