@@ -1,5 +1,7 @@
-"""SEPL (docs/methods.md §3): each rule on hand-made labels and masks, an independent loop-based
-reference on random cases, and the stage end to end with ideal (ground-truth instance) masks."""
+"""SEPL (docs/methods.md §3): each rule of the paper-text merge (``variant="paper"``) on hand-made
+labels and masks, an independent loop-based reference on random cases, and the stage end to end
+with ideal (ground-truth instance) masks. The default merge (``variant="code"``, the authors'
+released code) is pinned against that code's outputs in test_parity_sepl.py."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def test_region_rule_keeps_a_mask_mostly_inside_the_class():
     label = np.zeros((10, 10), np.uint8)
     label[0:5, :] = 1  # P_1: 50 px
     mask = box(slice(3, 6), slice(0, 4))  # 12 px, 8 inside: 8/12 > 0.5, covers 8/50 of P_1
-    out = sepl_merge(label, mask[None])
+    out = sepl_merge(label, mask[None], variant="paper")
     expected = label.copy()
     expected[5, 0:4] = 1  # the mask's outside row joins the class; the rest of P_1 is uncovered
     np.testing.assert_array_equal(out, expected)
@@ -37,7 +39,7 @@ def test_region_rule_is_strict():
     label = np.zeros((10, 10), np.uint8)
     label[0:5, :] = 1
     mask = box(slice(3, 7), slice(0, 4))  # 16 px, 8 inside: exactly 0.5 is not > 0.5
-    out, stats = sepl_merge_with_stats(label, mask[None])
+    out, stats = sepl_merge_with_stats(label, mask[None], variant="paper")
     assert stats["assigned"] == 1 and stats["kept"] == 0
     np.testing.assert_array_equal(out, label)  # no mask kept: P_1 stays
 
@@ -47,7 +49,7 @@ def test_mask_rule_keeps_a_large_mask_that_covers_the_class():
     label[4:6, :] = 1  # P_1: 20 px (a partial activation)
     mask = box(slice(4, 10), slice(0, 9))
     mask[5, 8] = False  # 53 px, 17 of P_1: 17/53 < 0.5 but 17/20 = 0.85 >= 0.85
-    out, stats = sepl_merge_with_stats(label, mask[None])
+    out, stats = sepl_merge_with_stats(label, mask[None], variant="paper")
     assert stats["kept"] == 1
     expected = mask.astype(np.uint8)
     expected[4, 9] = expected[5, 8] = expected[5, 9] = 1  # P_1 pixels no mask covers keep their label
@@ -59,7 +61,7 @@ def test_mask_below_both_thresholds_is_not_kept_and_the_class_stays():
     label[4:6, :] = 1
     mask = box(slice(4, 10), slice(0, 9))
     mask[5, 7:9] = False  # 16 of P_1: 16/52 and 16/20 = 0.8, below both
-    out, stats = sepl_merge_with_stats(label, mask[None])
+    out, stats = sepl_merge_with_stats(label, mask[None], variant="paper")
     assert stats == {"masks": 1, "assigned": 1, "kept": 0, "unchanged_classes": [1], "changed_pixels": 0}
     np.testing.assert_array_equal(out, label)
 
@@ -70,7 +72,7 @@ def test_pixels_under_unkept_masks_leave_the_class_and_uncovered_ones_stay():
     label[8, 8] = 1  # a pixel no mask covers
     obj = box(slice(2, 6), slice(2, 6))  # inside P_1: kept
     background = box(slice(0, 8), slice(6, 10))  # 32 px, 4 of P_1: not kept
-    out = sepl_merge(label, np.stack([obj, background]))
+    out = sepl_merge(label, np.stack([obj, background]), variant="paper")
     expected = np.zeros((10, 10), np.uint8)
     expected[2:6, 2:6] = 1
     expected[8, 8] = 1
@@ -81,9 +83,9 @@ def test_no_mask_or_no_class_leaves_the_label_unchanged():
     label = np.zeros((6, 7), np.uint8)
     label[1:4, 1:5] = 2
     label[5, :] = 255
-    np.testing.assert_array_equal(sepl_merge(label, np.zeros((0, 6, 7), bool)), label)
+    np.testing.assert_array_equal(sepl_merge(label, np.zeros((0, 6, 7), bool), variant="paper"), label)
     only_bg = np.where(label == 2, 0, label).astype(np.uint8)
-    np.testing.assert_array_equal(sepl_merge(only_bg, np.ones((1, 6, 7), bool)), only_bg)
+    np.testing.assert_array_equal(sepl_merge(only_bg, np.ones((1, 6, 7), bool), variant="paper"), only_bg)
 
 
 def test_mask_touching_no_class_is_dropped():
@@ -91,7 +93,7 @@ def test_mask_touching_no_class_is_dropped():
     label[0:3, 0:3] = 1
     label[9, :] = 255
     far = box(slice(5, 10), slice(5, 10))  # background and ignore only
-    out, stats = sepl_merge_with_stats(label, far[None])
+    out, stats = sepl_merge_with_stats(label, far[None], variant="paper")
     assert stats["assigned"] == 0 and stats["kept"] == 0
     np.testing.assert_array_equal(out, label)
 
@@ -100,13 +102,15 @@ def test_thresholds_are_configurable():
     label = np.zeros((10, 10), np.uint8)
     label[0:5, :] = 1
     mask = box(slice(3, 6), slice(0, 4))  # inside fraction 8/12 = 0.67
-    assert (sepl_merge(label, mask[None]) != label).any()
-    np.testing.assert_array_equal(sepl_merge(label, mask[None], region_threshold=0.7), label)
+    assert (sepl_merge(label, mask[None], variant="paper") != label).any()
+    np.testing.assert_array_equal(sepl_merge(label, mask[None], region_threshold=0.7, variant="paper"), label)
     big = box(slice(0, 10), slice(0, 10))  # inside 0.5, covers all of P_1
-    assert (sepl_merge(label, big[None]) == 1).all()
-    np.testing.assert_array_equal(sepl_merge(label, big[None], mask_threshold=1.0), np.ones_like(label))
+    assert (sepl_merge(label, big[None], variant="paper") == 1).all()
+    np.testing.assert_array_equal(
+        sepl_merge(label, big[None], mask_threshold=1.0, variant="paper"), np.ones_like(label)
+    )
     with pytest.raises(ValueError, match="mask_threshold"):
-        sepl_merge(label, big[None], mask_threshold=1.5)
+        sepl_merge(label, big[None], mask_threshold=1.5, variant="paper")
 
 
 def test_ignore_pixels_count_nowhere_and_stay_unless_claimed():
@@ -117,10 +121,10 @@ def test_ignore_pixels_count_nowhere_and_stay_unless_claimed():
     kept = box(slice(0, 4), slice(0, 10))
     expected = label.copy()
     expected[0:4, :] = 1  # the kept mask claims ignore pixels; the other ignore pixels stay 255
-    np.testing.assert_array_equal(sepl_merge(label, kept[None]), expected)
+    np.testing.assert_array_equal(sepl_merge(label, kept[None], variant="paper"), expected)
     # half in P_1, half on ignore: were ignore counted as inside, 1.0 > 0.5 would keep it
     half = box(slice(0, 4), slice(0, 5))
-    out, stats = sepl_merge_with_stats(label, half[None])
+    out, stats = sepl_merge_with_stats(label, half[None], variant="paper")
     assert stats["kept"] == 0
     np.testing.assert_array_equal(out, label)  # and the ignore pixels under it stay 255, not background
 
@@ -130,7 +134,7 @@ def test_assignment_goes_to_the_largest_intersection():
     label[0:5, 0:5] = 1  # 25 px
     label[0:5, 5:10] = 2  # 25 px
     mask = box(slice(0, 5), slice(3, 10))  # 10 px of class 1, 25 of class 2
-    out, stats = sepl_merge_with_stats(label, mask[None])
+    out, stats = sepl_merge_with_stats(label, mask[None], variant="paper")
     # assigned to 2 (inside 25/35 > 0.5): kept for 2 only, class 1 has no kept mask and stays whole;
     # on their overlap the smaller region (P_1, 25 px) beats the 35 px mask
     assert stats["kept"] == 1 and stats["unchanged_classes"] == [1]
@@ -138,7 +142,7 @@ def test_assignment_goes_to_the_largest_intersection():
     # a tie (10 px of each) goes to the smaller class id; kept at t1 = 0.4, the 20 px mask then also
     # beats class 2's unchanged 25 px region on their overlap
     tie = box(slice(0, 2), slice(0, 10))
-    out, stats = sepl_merge_with_stats(label, tie[None], region_threshold=0.4)
+    out, stats = sepl_merge_with_stats(label, tie[None], region_threshold=0.4, variant="paper")
     assert stats["kept"] == 1 and stats["unchanged_classes"] == [2]
     expected = label.copy()
     expected[0:2, :] = 1
@@ -151,16 +155,16 @@ def test_overlapping_regions_go_to_the_smallest_and_class_order_does_not_matter(
     label[5:10, 0:5] = 2  # 25 px
     whole = box(slice(0, 10), slice(0, 10))  # 50 of P_1, 25 of P_2 → class 1, covers all of P_1: kept
     part = box(slice(5, 10), slice(0, 5))  # exactly P_2: kept for 2
-    out = sepl_merge(label, np.stack([whole, part]))
+    out = sepl_merge(label, np.stack([whole, part]), variant="paper")
     expected = np.ones((10, 10), np.uint8)
     expected[5:10, 0:5] = 2
     np.testing.assert_array_equal(out, expected)
     swapped = np.choose(label, [0, 2, 1]).astype(np.uint8)
     np.testing.assert_array_equal(
-        sepl_merge(swapped, np.stack([whole, part])), np.choose(expected, [0, 2, 1])
+        sepl_merge(swapped, np.stack([whole, part]), variant="paper"), np.choose(expected, [0, 2, 1])
     )
     # a class without kept masks keeps P_k even inside another class's (larger) kept mask
-    alone = sepl_merge(label, whole[None])
+    alone = sepl_merge(label, whole[None], variant="paper")
     np.testing.assert_array_equal(alone, np.where(label == 2, 2, 1))
 
 
@@ -199,7 +203,9 @@ def test_matches_the_loop_reference_on_random_cases(seed):
         masks.append(box(slice(y, y + rng.integers(2, 12)), slice(x, x + rng.integers(2, 12)), (h, w)))
     masks = np.array(masks, dtype=bool).reshape(-1, h, w)
     t1, t2 = rng.uniform(0.3, 0.7), rng.uniform(0.5, 0.95)
-    np.testing.assert_array_equal(sepl_merge(label, masks, t1, t2), reference_sepl(label, masks, t1, t2))
+    np.testing.assert_array_equal(
+        sepl_merge(label, masks, t1, t2, variant="paper"), reference_sepl(label, masks, t1, t2)
+    )
 
 
 # --------------------------------------------------------------------------- the stage
@@ -241,6 +247,14 @@ def test_make_sepl_labels_with_ideal_masks_recovers_recall(voc_like, tmp_path):
     assert again["written"] == 0 and again["after"] == result["after"]
     with pytest.raises(WsssError, match="mask_threshold"):
         make_sepl_labels(ds, pseudo, masks_dir, out, mask_threshold=0.9, progress=False)
+    # a folder made with one merge variant is refused for the other
+    assert json.loads((out / "settings.json").read_text())["settings"]["variant"] == "code"
+    with pytest.raises(WsssError, match="variant"):
+        make_sepl_labels(ds, pseudo, masks_dir, out, variant="paper", progress=False)
+    with pytest.raises(WsssError, match="variant must be one of code, paper"):
+        make_sepl_labels(ds, pseudo, masks_dir, tmp_path / "bad", variant="text", progress=False)
+    paper = make_sepl_labels(ds, pseudo, masks_dir, tmp_path / "sepl_paper", variant="paper", progress=False)
+    assert paper["after"]["recall"] > paper["before"]["recall"] + 0.1
 
 
 def test_make_sepl_labels_names_missing_and_mismatched_inputs(voc_like, tmp_path):

@@ -599,6 +599,9 @@ def sepl(
     mask_threshold: Annotated[
         float, typer.Option(help="… or if |S∩P_k|/|P_k| >= this.", min=0.0, max=1.0, callback=_finite)
     ] = 0.85,
+    variant: Annotated[
+        str, typer.Option(help="Merge: 'code' (the authors' released merge) or 'paper' (the paper's text).")
+    ] = "code",
     shard: Shard = None,
     quiet: Quiet = False,
     force: Force = False,
@@ -611,7 +614,8 @@ def sepl(
     shard_ = parse_shard(shard)
     ds = _dataset(data, dataset, split)
     res = make_sepl_labels(ds, pseudo, masks_dir, out, region_threshold=region_threshold,
-                           mask_threshold=mask_threshold, shard=shard_, progress=not quiet, force=force)  # fmt: skip
+                           mask_threshold=mask_threshold, variant=variant, shard=shard_, progress=not quiet,
+                           force=force)  # fmt: skip
     if res.get("before") and res.get("after"):
         for when in ("before", "after"):
             r = res[when]

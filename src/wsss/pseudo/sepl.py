@@ -1,6 +1,21 @@
 """SAM-enhanced pseudo labels, SEPL (seed 003, docs/methods.md §3): class-agnostic masks snap a
 pseudo label to object boundaries.
 
+Two variants of the merge; both use the same keep test (step 2 below).
+
+``variant="code"`` (the default) reproduces the authors' released merge (``max_iou_imp2``):
+
+* The output starts as all background; ignore pixels (255) become background unless claimed.
+* Classes present in P are visited in increasing id order. Each mask not yet taken by an
+  earlier class is tested against the current class k and, if it passes, taken by k — a
+  mask goes to the first class whose test it passes, not to the class it overlaps most.
+* Class k paints the union of the masks it took plus the pixels of P_k that no mask still
+  untaken at k's turn covers; a later class paints over an earlier one. A class that takes
+  no mask therefore keeps only those P_k pixels, and pixels of P_k covered only by masks
+  taken by earlier classes stay k.
+
+``variant="paper"`` follows the paper's text (Algorithm 1), with the rules below.
+
 For a pseudo label P (0 = background, 1..K classes, 255 = ignore) and masks S_1..S_N:
 
 1. **Assignment.** Each mask goes to the foreground class k whose region P_k it intersects
@@ -60,6 +75,12 @@ __all__ = ["make_sepl_labels", "sepl_merge", "sepl_merge_with_stats", "stats_fil
 
 REGION_THRESHOLD = 0.5
 MASK_THRESHOLD = 0.85
+VARIANTS = ("code", "paper")
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
 
 
 def _check_thresholds(region_threshold: float, mask_threshold: float) -> None:
@@ -73,9 +94,13 @@ def sepl_merge_with_stats(
     masks: np.ndarray,
     region_threshold: float = REGION_THRESHOLD,
     mask_threshold: float = MASK_THRESHOLD,
+    variant: str = "code",
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """:func:`sepl_merge` plus what happened: masks given / assigned / kept, the classes left
-    unchanged, and the number of pixels whose label changed."""
+    """:func:`sepl_merge` plus what happened: masks given / assigned / kept, the classes
+    without a kept mask (``unchanged_classes``), and the number of pixels whose label
+    changed. "Assigned" counts masks touching some class (``code``: any class; ``paper``:
+    the class of largest intersection)."""
+    _check_variant(variant)
     _check_thresholds(region_threshold, mask_threshold)
     label = np.asarray(label)
     masks = np.asarray(masks)
@@ -100,7 +125,7 @@ def sepl_merge_with_stats(
         "kept": 0,
         "unchanged_classes": classes.tolist(),
     }
-    if classes.size == 0 or num_masks == 0:
+    if variant == "paper" and (classes.size == 0 or num_masks == 0):
         return label.copy(), {**stats, "changed_pixels": 0}
 
     # column of each pixel's class among `classes`, 0 for background / ignore (dropped below)
@@ -114,6 +139,20 @@ def sepl_merge_with_stats(
     counts = np.bincount(mask_of * width + pixel_column[pixel_of], minlength=num_masks * width)
     intersection = counts.reshape(num_masks, width)[:, 1:]
     mask_area = np.bincount(mask_of, minlength=num_masks)
+
+    if variant == "code":
+        out, taken, has_kept = _merge_code(
+            flat_label, flat_masks, classes, intersection, mask_area, class_area,
+            region_threshold, mask_threshold,
+        )  # fmt: skip
+        out = out.reshape(label.shape)
+        stats.update(
+            assigned=int((intersection > 0).any(axis=1).sum()),
+            kept=int(taken.sum()),
+            unchanged_classes=classes[~has_kept].tolist(),
+            changed_pixels=int(np.count_nonzero(out != label)),
+        )
+        return out, stats
 
     best = intersection.argmax(axis=1)  # first maximum: ties go to the smaller class id
     overlap = intersection[np.arange(num_masks), best]
@@ -148,15 +187,48 @@ def sepl_merge_with_stats(
     return out, stats
 
 
+def _merge_code(
+    flat_label: np.ndarray,
+    flat_masks: np.ndarray,
+    classes: np.ndarray,
+    intersection: np.ndarray,
+    mask_area: np.ndarray,
+    class_area: np.ndarray,
+    region_threshold: float,
+    mask_threshold: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``code`` variant on flattened inputs: the label, which masks were taken, and
+    which classes took at least one mask."""
+    num_masks = flat_masks.shape[0]
+    out = np.zeros_like(flat_label)
+    untaken = np.ones(num_masks, dtype=bool)
+    has_kept = np.zeros(classes.size, dtype=bool)
+    for j, k in enumerate(classes):  # increasing id order
+        overlap = intersection[:, j]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            passes = (overlap / mask_area > region_threshold) | (overlap / class_area[j] >= mask_threshold)
+        take = untaken & passes
+        covered_by_untaken = flat_masks[untaken].any(axis=0)
+        paint = (flat_label == k) & ~covered_by_untaken
+        if take.any():
+            paint |= flat_masks[take].any(axis=0)
+            has_kept[j] = True
+        out[paint] = k  # later classes paint over earlier ones
+        untaken &= ~take
+    return out, ~untaken, has_kept
+
+
 def sepl_merge(
     label: np.ndarray,
     masks: np.ndarray,
     region_threshold: float = REGION_THRESHOLD,
     mask_threshold: float = MASK_THRESHOLD,
+    variant: str = "code",
 ) -> np.ndarray:
     """The SEPL label (uint8 H×W) of a pseudo label (uint8 H×W: 0 background, 1..K classes,
-    255 ignore) and class-agnostic masks (bool N×H×W); rules in the module docstring."""
-    return sepl_merge_with_stats(label, masks, region_threshold, mask_threshold)[0]
+    255 ignore) and class-agnostic masks (bool N×H×W); ``variant`` ``"code"`` (the authors'
+    released merge, default) or ``"paper"`` (the paper's text); rules in the module docstring."""
+    return sepl_merge_with_stats(label, masks, region_threshold, mask_threshold, variant)[0]
 
 
 # --------------------------------------------------------------------------- the stage
@@ -205,13 +277,16 @@ def make_sepl_labels(
     out_dir: str | os.PathLike,
     region_threshold: float = REGION_THRESHOLD,
     mask_threshold: float = MASK_THRESHOLD,
+    variant: str = "code",
     ids: Sequence[str] | None = None,
     shard: tuple[int, int] | str | None = None,
     progress: bool = True,
     force: bool = False,
 ) -> dict[str, Any]:
     """Write SEPL labels ``out_dir/<id>.png`` from ``pseudo_dir/<id>.png`` and
-    ``masks_dir/<id>.npz``, skipping existing outputs (resume).
+    ``masks_dir/<id>.npz``, skipping existing outputs (resume). ``variant`` picks the merge
+    (:func:`sepl_merge`) and is part of the stage settings, so a folder made with the other
+    variant is refused.
 
     Where the dataset has ground truth, every image of the shard (resumed ones read back
     from disk) is scored before and after with :class:`ConfusionMetric`: per image in
@@ -221,6 +296,7 @@ def make_sepl_labels(
     """
     pseudo_dir, masks_dir, out_dir = Path(pseudo_dir), Path(masks_dir), Path(out_dir)
     try:
+        _check_variant(variant)
         _check_thresholds(float(region_threshold), float(mask_threshold))
     except ValueError as e:
         raise WsssError(f"{out_dir}: SEPL {e}") from None
@@ -234,6 +310,7 @@ def make_sepl_labels(
         **dataset_settings(dataset),
         "region_threshold": float(region_threshold),
         "mask_threshold": float(mask_threshold),
+        "variant": variant,
     }
     inputs = {"pseudo": pseudo_dir, "masks": masks_dir}
     with stage_run(out_dir, "sepl", settings, inputs, force=force, shard=shard) as run:
@@ -251,7 +328,9 @@ def make_sepl_labels(
                 refined = load_label(out_path, k, shape)
             else:
                 masks = load_masks(masks_dir / f"{image_id}.npz", shape)
-                refined, merge_stats = sepl_merge_with_stats(label, masks, region_threshold, mask_threshold)
+                refined, merge_stats = sepl_merge_with_stats(
+                    label, masks, region_threshold, mask_threshold, variant
+                )
                 save_label(out_path, refined)
                 written += 1
             row: dict[str, Any] = {"id": image_id, **{c: merge_stats.get(c) for c in _STATS_COLUMNS[7:]}}
