@@ -208,8 +208,13 @@ def test_oc_cse_frozen_oc_gets_no_update_but_the_generator_gets_gradient_through
 
 
 # ----------------------------------------------------------------------------- P-NOC
-def test_pnoc_phases_update_only_their_own_network(train_set, oc_path, tmp_path):
-    trainer = build_trainer(train_set, tmp_path, small_config(oc=str(oc_path)), "p-noc", False)
+@pytest.mark.parametrize("freeze", [0, 1])
+def test_pnoc_phases_step_only_their_own_optimiser(train_set, oc_path, tmp_path, freeze):
+    """Each phase steps only its own network. By default (as in the authors' train_pnoc.py,
+    tests/test_parity_pnoc.py) the generator step's CSE term leaves a gradient on the oc,
+    applied in the oc step; ``freeze_oc_in_generator_step`` = 1 leaves the oc without one."""
+    cfg = small_config(oc=str(oc_path), method_options={"freeze_oc_in_generator_step": freeze})
+    trainer = build_trainer(train_set, tmp_path, cfg, "p-noc", False)
     assert trainer.optimizers() == [trainer.optimizer, trainer.oc_optimizer]
     trainer.global_step = 2  # λ_noc = 0.5: the oc step has a real gradient
     trainer.set_lr(trainer.global_step)
@@ -218,17 +223,56 @@ def test_pnoc_phases_update_only_their_own_network(train_set, oc_path, tmp_path)
     losses = trainer.generator_step(batch)
     assert {"loss", "cls", "puzzle_cls", "puzzle_re", "cse"} <= set(losses)
     oc_1, gen_1 = params(trainer.oc), params(trainer.model)
-    assert_same(oc_0, oc_1)  # generator step: oc untouched
+    assert_same(oc_0, oc_1)  # generator step: oc weights untouched ...
     assert changed(gen_0, gen_1)
+    named = dict(trainer.oc.named_parameters())
+    with_grad = {k for k, p in named.items() if p.grad is not None}
+    bn = {
+        f"{m}.{k}"
+        for m, mod in trainer.oc.named_modules()
+        if isinstance(mod, torch.nn.BatchNorm2d)
+        for k, _p in mod.named_parameters(recurse=False)
+    }
+    if freeze:
+        assert not with_grad
+    else:  # ... but its gradient from the CSE term waits for the oc step (BatchNorm: none)
+        assert with_grad == set(named) - bn and bn
+        assert named["classifier.weight"].grad.abs().sum() > 0
     noc = trainer.oc_step(batch)
     assert torch.isfinite(noc)
     oc_2, gen_2 = params(trainer.oc), params(trainer.model)
     assert_same(gen_1, gen_2)  # oc step: generator untouched (BatchNorm statistics included)
     moved = changed(oc_1, oc_2)
     assert "classifier.weight" in moved and "backbone.conv1.weight" in moved
-    bn = [k for k in oc_1 if "bn" in k]
-    assert bn and not any(k in moved for k in bn)  # oc BatchNorm frozen: affine and statistics
-    assert not trainer.oc.training and not any(p.requires_grad for p in trainer.oc.parameters())
+    bn_state = [k for k in oc_1 if "bn" in k]
+    assert bn_state and not any(k in moved for k in bn_state)  # oc BatchNorm frozen: affine and statistics
+    assert not trainer.oc.training and all(p.grad is None for p in trainer.oc.parameters())
+    assert {k for k, p in named.items() if p.requires_grad} == (set() if freeze else set(named) - bn)
+
+
+def test_pnoc_bad_freeze_option_is_a_clear_error(train_set, oc_path, tmp_path):
+    cfg = small_config(oc=str(oc_path), method_options={"freeze_oc_in_generator_step": 2})
+    with pytest.raises(WsssError, match="freeze_oc_in_generator_step must be 0 or 1"):
+        build_trainer(train_set, tmp_path, cfg, "p-noc", False)
+
+
+def test_pnoc_pending_oc_gradient_is_checkpointed(train_set, oc_path, tmp_path):
+    """noc_every 2: after a step without oc step the oc's gradient is pending; it is saved
+    and restored with the rest of the method state."""
+    cfg = small_config(oc=str(oc_path), method_options={"noc_every": 2})
+    trainer = build_trainer(train_set, tmp_path, cfg, "p-noc", False)
+    trainer.global_step = 1
+    losses = trainer.train_step(first_batch(trainer))
+    assert "noc" not in losses
+    pending = trainer.extra_state()["oc_pending_grad"]
+    assert pending and "classifier.weight" in pending
+    other = build_trainer(train_set, tmp_path / "other", cfg, "p-noc", False)
+    other.load_extra_state(trainer.extra_state())
+    for name, p in other.oc.named_parameters():
+        if name in pending:
+            assert torch.equal(p.grad, pending[name]), name
+        else:
+            assert p.grad is None, name
 
 
 def test_label_smoothing_reaches_every_classification_target(train_set, oc_path, tmp_path, monkeypatch):

@@ -3,10 +3,18 @@ too, adversarially. A fixed oc is soon fooled by erasing the few regions it reli
 training it on images where the generator's confident region of r is cut out makes it
 look for the remaining evidence of r, which the generator must then cover as well.
 
-Each training step is two phases: the generator step of P-OC (oc frozen), then — every
-``noc_every`` steps — an oc step on x·(norm(F_r) ≤ δ_noc) with the target y (r still
-present), the generator fixed. F_r and r are the ones of the generator step just taken
-(detached), which spares a forward pass.
+Each training step is two phases: the generator step of P-OC, then — every ``noc_every``
+steps — an oc step on x·(norm(F_r) ≤ δ_noc) with the target y (r still present), the
+generator fixed. F_r and r are the ones of the generator step just taken (detached), which
+spares a forward pass.
+
+As in the authors' ``train_pnoc.py`` (lucasdavid/PNOC@6c8950a1), the oc is not frozen in the
+generator step: the λ_cse erasing term's gradient reaches the oc's weights too, is kept
+(not zeroed) and is applied by the oc's optimiser in its next step together with λ_noc ·
+L_noc; the oc's gradient is cleared only after that step, so with ``noc_every`` > 1 the
+erasing gradients of all generator steps in between add up. ``freeze_oc_in_generator_step``
+= 1 freezes the oc there instead (its optimiser then sees L_noc alone). The oc's BatchNorm
+(affine and statistics) never learns, as in the authors' "fix" mode.
 """
 
 from __future__ import annotations
@@ -45,7 +53,9 @@ class PnocTrainer(PocTrainer):
     ``noc_lambda_end`` (1.0), the oc loss weight rising linearly over training;
     ``noc_threshold`` (δ_noc, 0.2); ``noc_every`` (k_noc, 1), the oc steps once every k
     generator steps; ``noc_lr_mult`` (1.0), the oc's learning rate relative to ``lr``
-    (its head also gets ``head_lr_mult``, and it follows the same poly schedule)."""
+    (its head also gets ``head_lr_mult``, and it follows the same poly schedule);
+    ``freeze_oc_in_generator_step`` (0): 1 keeps the CSE term's gradient away from the oc
+    (the released code lets it through, see the module docstring)."""
 
     NOC_OPTIONS: ClassVar[dict[str, float]] = {
         "noc_lambda_start": 0.0,
@@ -53,6 +63,7 @@ class PnocTrainer(PocTrainer):
         "noc_threshold": 0.2,
         "noc_every": 1,
         "noc_lr_mult": 1.0,
+        "freeze_oc_in_generator_step": 0,
     }
     OPTION_DEFAULTS: ClassVar[dict[str, float]] = {
         **PuzzleTerms.PUZZLE_OPTIONS,
@@ -69,7 +80,13 @@ class PnocTrainer(PocTrainer):
                 f"{self.out_dir}: p-noc needs method_options noc_every an integer >= 1 (got {every}), "
                 f"0 < noc_threshold < 1 (got {o['noc_threshold']}), noc_lr_mult > 0 (got {o['noc_lr_mult']})"
             )
+        if o["freeze_oc_in_generator_step"] not in (0, 1):
+            raise WsssError(
+                f"{self.out_dir}: p-noc method_options.freeze_oc_in_generator_step must be 0 or 1, "
+                f"got {o['freeze_oc_in_generator_step']}"
+            )
         self.noc_every = int(every)
+        self.freeze_oc_in_generator_step = bool(o["freeze_oc_in_generator_step"])
         c = self.config
         backbone, head = self.oc.param_groups()
         lr = c.lr * o["noc_lr_mult"]
@@ -79,7 +96,12 @@ class PnocTrainer(PocTrainer):
                 {"params": head, "lr": lr * c.head_lr_mult, "name": "oc_head"},
             ]
         )
-        set_trainable(self.oc, False)  # trainable only during its own phase
+        self._set_oc_trainable(not self.freeze_oc_in_generator_step)
+
+    def _set_oc_trainable(self, trainable: bool) -> None:
+        """The oc's weights take gradients (BatchNorm affine parameters never do) or none."""
+        set_trainable(self.oc, trainable)
+        freeze_batchnorm(self.oc)
 
     def noc_lambda(self) -> float:
         return linear_ramp(
@@ -90,17 +112,28 @@ class PnocTrainer(PocTrainer):
         return [self.optimizer, self.oc_optimizer]
 
     def extra_state(self) -> dict[str, Any]:
-        return {"oc": self.oc.state_dict(), "oc_optimizer": self.oc_optimizer.state_dict()}
+        # the oc's gradient still waiting for its step (noc_every > 1) is part of the state
+        pending = {n: p.grad.detach().clone() for n, p in self.oc.named_parameters() if p.grad is not None}
+        return {
+            "oc": self.oc.state_dict(),
+            "oc_optimizer": self.oc_optimizer.state_dict(),
+            "oc_pending_grad": pending,
+        }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.oc.load_state_dict(state["oc"])
         self.oc_optimizer.load_state_dict(state["oc_optimizer"])
+        pending = state.get("oc_pending_grad", {})
+        for n, p in self.oc.named_parameters():
+            p.grad = pending[n].to(p.device) if n in pending else None
 
     # ----------------------------------------------------------------- the two phases
     def generator_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """P-OC's step on the generator with the oc frozen; keeps (F, r) for :meth:`oc_step`."""
+        """P-OC's step on the generator; keeps (F, r) for :meth:`oc_step`. Only the generator's
+        optimiser steps; the gradient the CSE term leaves on the oc (unless
+        ``freeze_oc_in_generator_step``) waits for the oc's own step."""
         self.train_model.train()
-        set_trainable(self.oc, False)
+        self._set_oc_trainable(not self.freeze_oc_in_generator_step)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             losses, maps, onehot = self.poc_losses(batch["image"], batch["label"])
@@ -110,15 +143,15 @@ class PnocTrainer(PocTrainer):
         return {k: v.detach() for k, v in losses.items()}
 
     def oc_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """λ_noc · cls(oc(x_hard), y) on the oc alone; the generator gets no gradient (the mask
-        is computed from detached maps and the generator is not in this optimiser)."""
+        """λ_noc · cls(oc(x_hard), y) added to the oc's pending gradient (the CSE term's, from
+        the generator steps since the last oc step), one oc optimiser step, then the oc's
+        gradient is cleared. The generator gets no gradient (the mask is computed from
+        detached maps and the generator is not in this optimiser)."""
         images, labels = batch["image"], batch["label"]
         maps, onehot = self._erase_from
         keep = hard_keep_mask(maps, onehot, images.shape[-2:], self.options["noc_threshold"])
-        set_trainable(self.oc, True)
-        freeze_batchnorm(self.oc)
+        self._set_oc_trainable(True)
         self.oc.eval()  # BatchNorm frozen: running statistics stay the vanilla classifier's
-        self.oc_optimizer.zero_grad(set_to_none=True)
         try:
             with self.autocast():
                 logits, _ = self.oc(images * keep.to(images.dtype))
@@ -126,8 +159,9 @@ class PnocTrainer(PocTrainer):
             self.scaler.scale(self.noc_lambda() * noc).backward()
             self._average_oc_gradients()
             self.scaler.step(self.oc_optimizer)
+            self.oc_optimizer.zero_grad(set_to_none=True)
         finally:
-            set_trainable(self.oc, False)
+            self._set_oc_trainable(not self.freeze_oc_in_generator_step)
         return noc.detach()
 
     def _average_oc_gradients(self) -> None:
@@ -144,7 +178,15 @@ class PnocTrainer(PocTrainer):
         """Generator step, then (every ``noc_every`` steps) oc step; one scaler update for both."""
         self.set_lr(self.global_step)
         losses = self.generator_step(batch)
-        if self.global_step % self.noc_every == 0:
+        oc_turn = self.global_step % self.noc_every == 0
+        if oc_turn:
             losses["noc"] = self.oc_step(batch)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() and not oc_turn else None
         self.scaler.update()
+        if scale is not None and self.scaler.get_scale() != scale:
+            # the oc's pending gradient was scaled by the old loss scale: bring it to the new one
+            ratio = self.scaler.get_scale() / scale
+            for p in self.oc.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(ratio)
         return losses
