@@ -15,7 +15,9 @@ from wsss.models.c2am import (
     SIM_MAX,
     SIM_MIN,
     C2amNet,
+    band_means,
     c2am_loss,
+    hint_cells,
     hint_loss,
     load_c2am_model,
     pooled_fg_bg,
@@ -39,22 +41,23 @@ TINY_TRAIN = {
 
 def test_rank_weights_follow_the_row_order():
     sim = torch.tensor([[1.0, 0.2, 0.5], [0.3, 1.0, 0.9], [0.5, 0.6, 1.0]])
-    w = rank_weights(sim, alpha=0.25)
-    # row 0 sorted: 1.0 (rank 1), 0.5 (rank 2), 0.2 (rank 3)
+    # row 0 sorted: 1.0, 0.5, 0.2 → ranks 0, 1, 2 (authors' code: the self pair weighs e^α)
     expected = torch.tensor(
         [
-            [1.0, math.exp(-0.5), math.exp(-0.25)],
-            [math.exp(-0.5), 1.0, math.exp(-0.25)],
-            [math.exp(-0.5), math.exp(-0.25), 1.0],
+            [math.exp(0.25), math.exp(-0.25), 1.0],
+            [math.exp(-0.25), math.exp(0.25), 1.0],
+            [math.exp(-0.25), 1.0, math.exp(0.25)],
         ]
     )
-    torch.testing.assert_close(w, expected)
+    torch.testing.assert_close(rank_weights(sim, alpha=0.25), expected)
+    # first_rank=1 (the previous default): ranks 1, 2, 3, every weight e^−α times the above
+    torch.testing.assert_close(rank_weights(sim, alpha=0.25, first_rank=1), expected * math.exp(-0.25))
 
 
 def test_sim_terms_by_hand():
     same = torch.ones(3, 4)
-    # every pair has cos 1 → clamped to SIM_MAX; weights of ranks 1, 2, 3 (ties in stable order)
-    w_row = sum(math.exp(-0.25 * r) for r in range(3))
+    # every pair has cos 1 → clamped to SIM_MAX; weights of ranks 0, 1, 2 (ties in stable order)
+    w_row = sum(math.exp(-0.25 * (r - 1)) for r in range(3))
     expected = w_row * 3 * -math.log(SIM_MAX) / 9
     assert sim_max_loss(same, alpha=0.25).item() == pytest.approx(expected, rel=1e-3)  # float32 log
     fg = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
@@ -99,6 +102,19 @@ def test_hint_loss_only_on_hinted_cells():
     loss.backward()
     grad = logits.grad[0, 0]
     assert grad[0, 0] < 0 and torch.count_nonzero(grad) == 1  # pushes that cell's logit up only
+    # bicubic (default) and area agree here: the hinted block is exactly one cell
+    assert hint_loss(logits, hints, 0.4, 0.1, "area").item() == pytest.approx(math.log(2), rel=1e-6)
+    with pytest.raises(WsssError, match="hint_resize"):
+        hint_loss(logits, hints, 0.4, 0.1, "nearest")
+
+
+def test_hint_cells_bicubic_differs_from_area():
+    hints = torch.zeros(1, 1, 8, 8)
+    hints[..., :, :3] = 1.0  # three of each cell's four columns in the left cells
+    area = hint_cells(hints, (2, 2), "area")
+    torch.testing.assert_close(area[0, 0, :, 0], torch.tensor([0.75, 0.75]))
+    bicubic = hint_cells(hints, (2, 2))
+    assert not torch.allclose(bicubic, area)
 
 
 def _trainer(voc_like, tmp_path, **options):
@@ -109,6 +125,40 @@ def _trainer(voc_like, tmp_path, **options):
 
 def test_polarity_flip_inverts_the_map(voc_like, tmp_path):
     trainer = _trainer(voc_like, tmp_path)
+    assert trainer.options["polarity_rule"] == "last_batch_bands"
+    x = torch.randn(2, 3, 64, 64)
+    trainer.model.eval()
+    before = trainer.model(x)[0]
+    trainer.band_sums = torch.tensor([0.3, 0.4, 0.6, 0.5, 1.0])  # mean of band means 0.45: keep
+    trainer.decide_polarity()
+    assert not bool(trainer.model.flipped)
+    trainer.polarity_decided = False
+    trainer.band_sums = torch.tensor([0.3, 0.6, 0.6, 0.7, 1.0])  # 0.55: the map marks the border
+    trainer.decide_polarity()
+    assert bool(trainer.model.flipped)
+    torch.testing.assert_close(trainer.model(x)[0], -before)
+
+
+def test_band_means_on_the_map_grid():
+    a = torch.zeros(2, 1, 6, 6)
+    a[:, :, :1, :] = 1.0  # top row only
+    torch.testing.assert_close(band_means(a, 2), torch.tensor([0.5, 1 / 6, 0.0, 1 / 6]))
+
+
+def test_last_batch_of_epoch_0_sets_the_bands(voc_like, tmp_path):
+    trainer = _trainer(voc_like, tmp_path)
+    batch = {"image": torch.randn(2, 3, 64, 64)}
+    assert trainer.steps_per_epoch >= 2  # so that step 0 is not the last batch of epoch 0
+    trainer.global_step = 0
+    trainer.step(batch)
+    assert float(trainer.band_sums[4]) == 0.0  # not the last batch of epoch 0: nothing recorded
+    trainer.global_step = trainer.steps_per_epoch - 1
+    trainer.step(batch)
+    assert float(trainer.band_sums[4]) == 1.0
+
+
+def test_epoch_frame_rule_kept_as_an_option(voc_like, tmp_path):
+    trainer = _trainer(voc_like, tmp_path, polarity_rule="epoch_frame")
     x = torch.randn(2, 3, 64, 64)
     trainer.model.eval()
     before = trainer.model(x)[0]
@@ -128,6 +178,12 @@ def test_polarity_flip_inverts_the_map(voc_like, tmp_path):
 def test_unknown_option_is_an_error(voc_like, tmp_path):
     with pytest.raises(WsssError, match="unknown C²AM option"):
         _trainer(voc_like, tmp_path, gamma=1.0)
+    with pytest.raises(WsssError, match="polarity_rule"):
+        _trainer(voc_like, tmp_path, polarity_rule="frame")
+    with pytest.raises(WsssError, match="hint_resize"):
+        _trainer(voc_like, tmp_path, hint_resize="nearest")
+    with pytest.raises(WsssError, match="first_rank"):
+        _trainer(voc_like, tmp_path, first_rank=2)
 
 
 def test_c2am_source_end_to_end_and_resume(voc_like, tmp_path):

@@ -83,20 +83,24 @@ def _cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return sim.clamp(SIM_MIN, SIM_MAX)
 
 
-def rank_weights(sim: torch.Tensor, alpha: float) -> torch.Tensor:
-    """w_ij = exp(−α·(rank_ij − 1)), rank 1 = the most similar entry of row i (itself)."""
+def rank_weights(sim: torch.Tensor, alpha: float, first_rank: int = 0) -> torch.Tensor:
+    """w_ij = exp(−α·(rank_ij − 1)), ranks of row i counted from ``first_rank`` in
+    descending similarity (the first is the row's own entry).
+
+    ``first_rank=0`` is the authors' code (CVI-SZU/CCAM ``SimMaxLoss``): the self pair
+    weighs e^α, every weight e^α times the ``first_rank=1`` one (self pair weighs 1)."""
     order = sim.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
-    positions = torch.arange(1, sim.shape[1] + 1, device=sim.device).expand_as(order)
+    positions = torch.arange(sim.shape[1], device=sim.device).expand_as(order) + int(first_rank)
     rank.scatter_(1, order, positions)
     return torch.exp(-alpha * (rank.float() - 1.0))
 
 
-def sim_max_loss(z: torch.Tensor, alpha: float = 0.25) -> torch.Tensor:
+def sim_max_loss(z: torch.Tensor, alpha: float = 0.25, first_rank: int = 0) -> torch.Tensor:
     """mean_ij w_ij · (−log sim(z_i, z_j)): pulls the batch's foregrounds (or backgrounds)
     together, most strongly towards each row's nearest neighbours."""
     sim = _cosine(z, z)
-    return (rank_weights(sim.detach(), alpha) * -torch.log(sim)).mean()
+    return (rank_weights(sim.detach(), alpha, first_rank) * -torch.log(sim)).mean()
 
 
 def sim_min_loss(bg: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
@@ -104,29 +108,61 @@ def sim_min_loss(bg: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
     return -torch.log(1.0 - _cosine(bg, fg)).mean()
 
 
-def c2am_loss(logits: torch.Tensor, features: torch.Tensor, alpha: float = 0.25) -> dict[str, torch.Tensor]:
+def c2am_loss(
+    logits: torch.Tensor, features: torch.Tensor, alpha: float = 0.25, first_rank: int = 0
+) -> dict[str, torch.Tensor]:
     """SimMax(fg) + SimMax(bg) + SimMin; needs a batch of at least 2 images."""
     if logits.shape[0] < 2:
         raise WsssError("C²AM: the contrastive loss needs a batch of at least 2 images")
     fg, bg = pooled_fg_bg(torch.sigmoid(logits.float()), features)
-    terms = {"fg": sim_max_loss(fg, alpha), "bg": sim_max_loss(bg, alpha), "neg": sim_min_loss(bg, fg)}
+    terms = {
+        "fg": sim_max_loss(fg, alpha, first_rank),
+        "bg": sim_max_loss(bg, alpha, first_rank),
+        "neg": sim_min_loss(bg, fg),
+    }
     return {"loss": terms["fg"] + terms["bg"] + terms["neg"], **terms}
 
 
-def hint_loss(logits: torch.Tensor, hints: torch.Tensor, threshold: float, smoothing: float) -> torch.Tensor:
+HINT_RESIZE_MODES = ("bicubic", "area")
+
+
+def hint_cells(hints: torch.Tensor, size: tuple[int, int], resize: str = "bicubic") -> torch.Tensor:
+    """The hint maps B×1×H×W brought to the map's grid ``size``: ``bicubic`` (the authors'
+    C²AM-H, lucasdavid/PNOC ``scripts/ccam/train_hints.py``; may overshoot [0, 1] a little)
+    or ``area`` (the average of each cell's pixels)."""
+    if resize not in HINT_RESIZE_MODES:
+        raise WsssError(f"C²AM-H: hint_resize must be one of {list(HINT_RESIZE_MODES)}, got {resize!r}")
+    if resize == "bicubic":
+        return F.interpolate(hints.float(), size, mode="bicubic", align_corners=False)
+    return F.interpolate(hints.float(), size, mode="area")
+
+
+def hint_loss(
+    logits: torch.Tensor, hints: torch.Tensor, threshold: float, smoothing: float, resize: str = "bicubic"
+) -> torch.Tensor:
     """C²AM-H: BCE(logit, 1 − smoothing/2) where the CAM hint H ≥ threshold (docs/methods.md §2);
-    ``hints`` B×1×H×W in [0, 1] are averaged down to the map's cells first. Zero when no
-    cell of the batch is hinted."""
-    cells = F.interpolate(hints.float(), logits.shape[-2:], mode="area")
-    mask = cells >= threshold
+    ``hints`` B×1×H×W in [0, 1] are resized to the map's cells first (:func:`hint_cells`).
+    Zero when no cell of the batch is hinted."""
+    mask = hint_cells(hints, tuple(logits.shape[-2:]), resize) >= threshold
     if not bool(mask.any()):
         return logits.float().sum() * 0.0  # keeps the graph (DDP) with a zero gradient
     target = torch.full_like(logits.float()[mask], 1.0 - smoothing / 2.0)
     return F.binary_cross_entropy_with_logits(logits.float()[mask], target)
 
 
+def band_means(a: torch.Tensor, band: int = 4) -> torch.Tensor:
+    """The means of ``a`` (B×1×h×w, on the map's own grid) over the batch's first ``band``
+    rows, first columns, last rows and last columns: a 4-vector. The authors' polarity rule
+    (CVI-SZU/CCAM ``check_positive``) flips when the mean of these four exceeds 0.5."""
+    a = a.to(torch.promote_types(a.dtype, torch.float32))[:, 0]
+    return torch.stack(
+        [a[:, :band, :].mean(), a[:, :, :band].mean(), a[:, -band:, :].mean(), a[:, :, -band:].mean()]
+    )
+
+
 def border_mean(a: torch.Tensor, image_size: tuple[int, int], band: int = 4) -> torch.Tensor:
-    """(sum, count) of ``a`` upsampled to the image, over a ``band``-pixel frame."""
+    """(sum, count) of ``a`` upsampled to the image, over a ``band``-pixel frame (the
+    ``epoch_frame`` polarity rule)."""
     up = F.interpolate(a.float(), image_size, mode="bilinear", align_corners=False)
     frame = torch.ones(image_size, dtype=torch.bool, device=a.device)
     frame[band:-band, band:-band] = False

@@ -25,7 +25,9 @@ from wsss.cam.base import CamTrainConfig, CamTrainer
 from wsss.data.base import Dataset, build_dataset
 from wsss.io import WsssError, file_digest, find_cam, load_cam, save_saliency
 from wsss.models.c2am import (
+    HINT_RESIZE_MODES,
     C2amNet,
+    band_means,
     border_mean,
     c2am_loss,
     hint_loss,
@@ -34,9 +36,16 @@ from wsss.models.c2am import (
 )
 from wsss.saliency.base import SaliencySource, min_max, register_saliency_source
 
+POLARITY_RULES = ("last_batch_bands", "epoch_frame")
+
 C2AM_OPTIONS = {
     "alpha": 0.25,  # rank-weight decay of SimMax
-    "border": 4,  # pixels of the frame that decides the polarity
+    "first_rank": 0,  # SimMax ranks counted from 0 (authors' code: self pair weighs e^α) or 1
+    # last_batch_bands (authors' code): mean of the 4 band means of the map on the last batch
+    # of epoch 0; epoch_frame: pooled mean over epoch 0 of the map upsampled to the image
+    "polarity_rule": "last_batch_bands",
+    "border": 4,  # band width: map rows/columns (last_batch_bands) or image pixels (epoch_frame)
+    "hint_resize": "bicubic",  # hint map → map grid: bicubic (authors' code) or area
     "hint_threshold": 0.4,  # δ_fg (0.3 on COCO)
     "hint_weight": 1.0,  # λ_h
     "hint_smoothing": 0.1,  # target 1 − ε/2 for hinted cells
@@ -47,8 +56,10 @@ class C2amTrainer(CamTrainer):
     """C²AM training; with ``hints_dir`` (maps H in [0, 1] as ``<id>.png``) it is C²AM-H.
 
     Without hints the loss is symmetric in fg/bg, so after the first epoch the map's mean
-    on the image frame decides, once, whether ``a`` marks the background (then the net's
-    ``flipped`` buffer inverts it). With hints the hint term fixes the polarity instead.
+    near the image border decides, once, whether ``a`` marks the background (then the net's
+    ``flipped`` buffer inverts it): by default, as in the authors' code, the mean of the four
+    band means (``border`` rows/columns of the map) on the last batch of epoch 0. With hints
+    the hint term fixes the polarity instead.
     ``method_options``: see :data:`C2AM_OPTIONS`.
     """
 
@@ -69,11 +80,24 @@ class C2amTrainer(CamTrainer):
                 f"method_options: unknown C²AM option(s) {unknown}; known: {sorted(C2AM_OPTIONS)}"
             )
         self.options = {**C2AM_OPTIONS, **config.method_options}
+        if self.options["polarity_rule"] not in POLARITY_RULES:
+            raise WsssError(
+                f"method_options: polarity_rule must be one of {list(POLARITY_RULES)}, "
+                f"got {self.options['polarity_rule']!r}"
+            )
+        if self.options["hint_resize"] not in HINT_RESIZE_MODES:
+            raise WsssError(
+                f"method_options: hint_resize must be one of {list(HINT_RESIZE_MODES)}, "
+                f"got {self.options['hint_resize']!r}"
+            )
+        if int(self.options["first_rank"]) not in (0, 1):
+            raise WsssError(f"method_options: first_rank must be 0 or 1, got {self.options['first_rank']!r}")
         self.use_hints = hints_dir is not None
         self.hints_path = None if hints_dir is None else Path(hints_dir)
         if self.use_hints:
             self.method_name = "c2am-h"
-        self.border_sums = torch.zeros(2)  # (sum, count) of a on the frame during epoch 0
+        self.border_sums = torch.zeros(2)  # epoch_frame: (sum, count) of a on the frame in epoch 0
+        self.band_sums = torch.zeros(5)  # last_batch_bands: 4 band means of that batch, 1 if seen
         self.polarity_decided = self.use_hints
         super().__init__(dataset, out_dir, config, progress)
         if hints_dir is not None:
@@ -88,18 +112,25 @@ class C2amTrainer(CamTrainer):
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits, features = self.train_model(batch["image"])
-        losses = c2am_loss(logits, features, self.options["alpha"])
+        losses = c2am_loss(logits, features, self.options["alpha"], int(self.options["first_rank"]))
         if self.use_hints:
             hint = hint_loss(
-                logits, batch["saliency"], self.options["hint_threshold"], self.options["hint_smoothing"]
+                logits,
+                batch["saliency"],
+                self.options["hint_threshold"],
+                self.options["hint_smoothing"],
+                self.options["hint_resize"],
             )
             losses["hint"] = hint
             losses["loss"] = losses["loss"] + self.options["hint_weight"] * hint
         elif not self.polarity_decided:
-            frame = border_mean(
-                torch.sigmoid(logits.detach()), batch["image"].shape[-2:], self.options["border"]
-            )
-            self.border_sums = self.border_sums + frame.cpu()
+            a = torch.sigmoid(logits.detach())
+            if self.options["polarity_rule"] == "epoch_frame":
+                frame = border_mean(a, batch["image"].shape[-2:], self.options["border"])
+                self.border_sums = self.border_sums + frame.cpu()
+            elif self.global_step == self.steps_per_epoch - 1:  # the last batch of epoch 0
+                bands = band_means(a, int(self.options["border"])).cpu()
+                self.band_sums = torch.cat([bands, torch.ones(1)])
         return losses
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -109,18 +140,31 @@ class C2amTrainer(CamTrainer):
     def decide_polarity(self) -> None:
         if self.polarity_decided:
             return
-        sums = self.border_sums.to(self.device)
-        if self.world_size > 1:
-            sums = dist.mean_across_ranks(sums)
-        if float(sums[1]) > 0 and float(sums[0] / sums[1]) > 0.5:
+        if self.options["polarity_rule"] == "epoch_frame":
+            sums = self.border_sums.to(self.device)
+            if self.world_size > 1:
+                sums = dist.mean_across_ranks(sums)
+            flip = float(sums[1]) > 0 and float(sums[0] / sums[1]) > 0.5
+        else:
+            # under DDP each rank saw its own share of that batch: their band means are averaged
+            sums = self.band_sums.to(self.device)
+            if self.world_size > 1:
+                sums = dist.mean_across_ranks(sums)
+            flip = float(sums[4]) > 0 and float(sums[:4].sum() / (4.0 * sums[4])) > 0.5
+        if flip:
             self.model.flipped.fill_(True)
         self.polarity_decided = True
 
     def extra_state(self) -> dict[str, Any]:
-        return {"border_sums": self.border_sums.clone(), "polarity_decided": self.polarity_decided}
+        return {
+            "border_sums": self.border_sums.clone(),
+            "band_sums": self.band_sums.clone(),
+            "polarity_decided": self.polarity_decided,
+        }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.border_sums = state["border_sums"].clone()
+        self.band_sums = state.get("band_sums", torch.zeros(5)).clone()
         self.polarity_decided = bool(state["polarity_decided"])
 
     def save_final(self) -> None:
