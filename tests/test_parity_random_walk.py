@@ -122,10 +122,19 @@ def test_random_walk_matches_irn_propagate_to_edge(mode):
         [torch.from_numpy(((y * 5 + x * 3 + k * 7) % 13 / 12.0).astype(np.float32)) for k in range(3)]
     )
     rw = random_walk(cams, edge, beta=10.0, num_squarings=8, radius=5, mode=mode).double()
-    # dense squares T as IRN does (equal to float rounding); sparse takes the 256 steps one by one
-    tol = 1e-6 if mode == "dense" else 1e-4
+    # dense squares T as IRN does, sparse takes the 256 steps one by one; both in float32, which
+    # the CPU's matmul kernels round their own way: the dense walk is 6e-6 (relative) off the
+    # exact float64 one, sparse 2e-6 off IRN's numbers (recorded on one machine). One squaring
+    # more or less moves the sums by 6e-3 and the max by 1e-3: 1e-4 tells them apart.
+    tol = 1e-4
     np.testing.assert_allclose(rw.sum(dim=(1, 2)).numpy(), IRN_WALK_SUMS, rtol=tol)
     assert rw.max().item() == pytest.approx(IRN_WALK_MAX, abs=tol)
     scores = torch.cat([torch.full((1, height, width), 0.25, dtype=rw.dtype), rw / rw.max()])
-    labels = ["".join(str(int(c)) for c in row) for row in scores.argmax(0)]
-    assert labels == IRN_WALK_LABELS
+    labels = np.array([[int(c) for c in row] for row in IRN_WALK_LABELS])
+    best = scores.topk(2, dim=0)
+    # a cell whose two best scores tie to float rounding (one here: 5e-7 apart at (3, 7), the
+    # next closest 2e-4) goes either way on another CPU; IRN's label must be one of the two
+    tied = (best.values[0] - best.values[1] < tol).numpy()
+    assert tied.sum() <= 2
+    np.testing.assert_array_equal(scores.argmax(0).numpy()[~tied], labels[~tied])
+    assert ((labels == best.indices[0].numpy()) | (labels == best.indices[1].numpy()))[tied].all()
