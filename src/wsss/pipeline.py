@@ -178,7 +178,7 @@ class Pipeline:
     # ------------------------------------------------------------------ helpers
     def _stage(self, name: str, stage_cfg: Any, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` unless ``stages/<name>.json`` records it done with ``stage_cfg``."""
-        step = completed_step(self.out / "stages", name, stage_cfg, fn, console)
+        step = completed_step(self.out / "stages", name, stage_cfg, fn, console if self.progress else None)
         self.timings[name] = step.seconds
         if step.resumed:
             self.resumed.append(name)
