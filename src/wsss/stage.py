@@ -134,6 +134,11 @@ def describe_settings_diff(old: Mapping, new: Mapping, prefix: str = "") -> list
     return out
 
 
+def summarise(diffs: list[str], most: int = 3) -> str:
+    """The first ``most`` differences, and how many more there are."""
+    return "; ".join(diffs[:most]) + (f"; and {len(diffs) - most} more" if len(diffs) > most else "")
+
+
 # --------------------------------------------------------------------------- lock
 def _pid_alive(pid: int) -> bool:
     try:
@@ -187,11 +192,10 @@ def folder_lock(out_dir: Path, name: str = "") -> Iterator[Path]:
 
 
 # --------------------------------------------------------------------------- the stage run
-def clear_folder(out_dir: Path, keep: tuple[Path, ...] = ()) -> None:
-    """Delete everything in ``out_dir`` but ``keep`` (``--force``: recompute from scratch)."""
-    keep_names = {k.name for k in keep}
+def clear_folder(out_dir: Path) -> None:
+    """Delete everything in ``out_dir`` but the locks (``--force``: recompute from scratch)."""
     for entry in out_dir.iterdir():
-        if entry.name in keep_names or (entry.name.startswith(LOCK_PREFIX) and entry.name.endswith(".lock")):
+        if entry.name.startswith(LOCK_PREFIX) and entry.name.endswith(".lock"):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -209,7 +213,6 @@ class StageRun:
     inputs: dict[str, Any]
     shard: tuple[int, int] = (0, 1)
     started: float = field(default_factory=time.perf_counter)
-    cleared: bool = False
 
     def input_paths(self, **names: str) -> dict[str, str | None]:
         """``{key: resolved path of input name}`` for run records (``cam_dir="cams"``)."""
@@ -288,9 +291,8 @@ def stage_run(
                     f"{name} ({p['path']}); write the outputs to another folder"
                 )
         diffs = check_record(out_dir, stage, settings, prints)
-        cleared = False
         if diffs and not force:
-            shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+            shown = summarise(diffs)
             raise WsssError(
                 f"{out_dir / RECORD_NAME}: this folder holds {stage} outputs made with other settings or "
                 f"inputs ({shown}); "
@@ -298,10 +300,9 @@ def stage_run(
             )
         if force and any(out_dir.iterdir()):
             clear_folder(out_dir)
-            cleared = True
         if lock or not (out_dir / RECORD_NAME).is_file():
             write_json(out_dir / RECORD_NAME, {"stage": stage, "settings": settings, "inputs": prints})
-        yield StageRun(out_dir, stage, settings, prints, shard=shard, cleared=cleared)
+        yield StageRun(out_dir, stage, settings, prints, shard=shard)
 
 
 def dataset_settings(dataset, with_ids: bool = False) -> dict[str, Any]:
@@ -338,7 +339,7 @@ def completed_step(records: Path, name: str, config: Any, fn: Callable[[], Any],
                 console.print(f"[dim]• {name}: done already ({record_path})[/dim]")
             return StepOutcome(record.get("result"), float(record.get("seconds", 0.0)), True)
         diffs = describe_settings_diff(record.get("config") or {}, config)
-        shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+        shown = summarise(diffs)
         raise WsssError(
             f"{record_path}: stage {name!r} was completed with other settings or inputs ({shown or 'config'}); "
             "rerun with --force to recompute the whole run, or use a new `out` folder"
