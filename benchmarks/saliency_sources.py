@@ -96,12 +96,21 @@ def main() -> None:
         "Pseudo-label mIoU (%) at each method's best τ (in brackets); saliency quality against the "
         "ground-truth foreground.",
         "",
-        "| source | MAE | max-F | IoU@0.5 | " + " | ".join(args.methods) + " |",
-        "|---|---|---|---|" + "---|" * len(args.methods),
+        "| source | MAE | max-F | S | IoU@0.5 | " + " | ".join(args.methods) + " |",
+        "|---|---|---|---|---|" + "---|" * len(args.methods),
     ]
     for src in sources:
         q = quality.get(src)
-        qcells = [f"{q['mae']:.3f}", f"{100 * q['max_f']:.1f}", f"{100 * q['iou']:.1f}"] if q else ["–"] * 3
+        qcells = (
+            [
+                f"{q['mae']:.3f}",
+                f"{100 * q['max_f']:.1f}",
+                f"{100 * q['s_measure']:.1f}",
+                f"{100 * q['iou']:.1f}",
+            ]
+            if q
+            else ["–"] * 4
+        )
         mcells = [f"{100 * sweeps[m][src]['miou']:.1f} ({sweeps[m][src]['tau']:.2f})" for m in args.methods]
         lines.append(f"| {src} | " + " | ".join(qcells + mcells) + " |")
     c2am_info = {
@@ -111,7 +120,18 @@ def main() -> None:
     lines += ["", f"C²AM polarity flipped after epoch 1: {c2am_info}", ""]
     report = "\n".join(lines) + "\n"
     atomic_write_text(args.out / "saliency_sources.md", report)
-    keep = ("mae", "max_f", "iou", "mean_iou_per_image", "best_threshold")
+    keep = (
+        "protocol",
+        "mae",
+        "max_f",
+        "mean_f",
+        "s_measure",
+        "max_e",
+        "weighted_f",
+        "iou",
+        "mean_iou_per_image",
+        "best_threshold",
+    )
     write_json(
         args.out / "saliency_sources.json",
         {

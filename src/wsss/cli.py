@@ -343,19 +343,31 @@ def saliency_eval(
             file_okay=False,
         ),
     ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(help="sod: PySODMetrics' numbers (as SOD papers); pooled: the earlier protocol."),
+    ] = "sod",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """MAE, max F-measure (β² = 0.3) and IoU at 0.5 against foreground masks."""
+    """SOD scores (MAE, max/mean F-measure with β² = 0.3, S-measure, max E-measure) and IoU at 0.5
+    against foreground masks."""
     from wsss.io import write_json
     from wsss.saliency.metrics import evaluate_saliency
 
     _out_file("--json", json_out)
     ds = _dataset(data, dataset, split)
-    res = evaluate_saliency(_saliency_arg(ds, pred, "PRED"), ds, gt_dir=gt, progress=not quiet)
+    res = evaluate_saliency(
+        _saliency_arg(ds, pred, "PRED"), ds, gt_dir=gt, progress=not quiet, protocol=protocol
+    )
+    sod = (
+        f"mean-F {res['mean_f']:.4f}  S {res['s_measure']:.4f}  max-E {res['max_e']:.4f}  "
+        if protocol == "sod"
+        else ""
+    )
     typer.echo(
-        f"{pred} on {split} ({res['num_images']} images): MAE {res['mae']:.4f}  "
-        f"max-F {res['max_f']:.4f}  IoU@0.5 {res['iou']:.4f}"
+        f"{pred} on {split} ({res['num_images']} images, {protocol}): MAE {res['mae']:.4f}  "
+        f"max-F {res['max_f']:.4f}  {sod}IoU@0.5 {res['iou']:.4f}"
     )
     if json_out:
         write_json(json_out, res)
