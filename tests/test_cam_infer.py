@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 import wsss.cam.infer as infer_module
@@ -34,7 +36,8 @@ class StridedConvModel(nn.Module):
     def __init__(self, classes: int = 3):
         super().__init__()
         torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, classes, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(3, classes, 3, stride=2, padding=1)  # ⌈n/2⌉ cells
+        self.output_stride = 2
 
     def forward(self, x):
         maps = self.conv(x)
@@ -81,6 +84,31 @@ def _reference_tta(model: nn.Module, image_hwc: np.ndarray, scales, flip: bool) 
                 np.ascontiguousarray(maps), (width, height), interpolation=cv2.INTER_LINEAR
             )
     return np.asarray(total).transpose(2, 0, 1)
+
+
+def _reference_geometry_tta(
+    model: nn.Module, pixels: np.ndarray, scales, flip: bool, mean, std
+) -> np.ndarray:
+    """One uint8 image at a time: PIL bicubic rescale, normalise, forward each view, resize the
+    map to the size rounded up to the model's stride, crop (the ``reference`` geometry)."""
+    height, width = pixels.shape[:2]
+    stride = model.output_stride
+    up_size = (-(-height // stride) * stride, -(-width // stride) * stride)
+    total = 0.0
+    for scale in scales:
+        size = (round(width * scale), round(height * scale))
+        scaled = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC))
+        x = (scaled.astype(np.float32) - np.float32(255) * mean) / (np.float32(255) * std)
+        views = [x, x[:, ::-1]] if flip else [x]
+        for k, view in enumerate(views):
+            tensor = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1), np.float32))[None]
+            with torch.no_grad():
+                maps = torch.relu(model(tensor)[1])
+            if k == 1:
+                maps = maps.flip(-1)
+            up = F.interpolate(maps, up_size, mode="bilinear", align_corners=False)
+            total = total + up[0, :, :height, :width].numpy()
+    return np.asarray(total)
 
 
 def test_batched_multiscale_tta_matches_a_per_image_reference():
@@ -186,7 +214,7 @@ class MixedSizeDataset(Dataset):
         super().__init__(root, "train")
         self.class_names = ["background", "a", "b"]
         rng = np.random.default_rng(0)
-        sizes = [(20, 28), (16, 16), (20, 28), (16, 16), (20, 28)]
+        sizes = [(21, 27), (16, 16), (21, 27), (16, 16), (21, 27)]  # odd sides: the crop matters
         self.ids = [f"m{i}" for i in range(len(sizes))]
         self._labels = {i: np.array([1, 2]) if k % 2 else np.array([2]) for k, i in enumerate(self.ids)}
         for image_id, (h, w) in zip(self.ids, sizes, strict=True):
@@ -196,7 +224,8 @@ class MixedSizeDataset(Dataset):
         return self.root / f"{image_id}.png"
 
 
-def test_images_of_different_sizes_and_the_known_answer(tmp_path, monkeypatch):
+@pytest.mark.parametrize("geometry", ["reference", "resize"])
+def test_images_of_different_sizes_and_the_known_answer(tmp_path, monkeypatch, geometry):
     ds = MixedSizeDataset(tmp_path / "data")
     model = StridedConvModel(classes=2).eval()
     net = CamNet("resnet18", 2)
@@ -205,16 +234,35 @@ def test_images_of_different_sizes_and_the_known_answer(tmp_path, monkeypatch):
     model.meta_info = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
     # the real file-driven pipeline, with the hand-made model swapped in so the answer is known
     monkeypatch.setattr(infer_module, "load_cam_model", lambda p, device=None: model)
-    infer_cams(ds, path, tmp_path / "cams", scales=(1.0, 1.5), flip=True, batch_size=4, progress=False)
+    infer_cams(ds, path, tmp_path / "cams", scales=(1.0, 1.5), flip=True, geometry=geometry, batch_size=4,
+               progress=False)  # fmt: skip
     for image_id in ds.ids:
-        pixels = ds.image(image_id).astype(np.float32)
-        normalised = (pixels - 0.5 * 255) / (0.25 * 255)
-        reference = _reference_tta(model, normalised, (1.0, 1.5), True)
+        pixels = ds.image(image_id)
+        if geometry == "resize":
+            normalised = (pixels.astype(np.float32) - 0.5 * 255) / (0.25 * 255)
+            reference = _reference_tta(model, normalised, (1.0, 1.5), True)
+        else:
+            reference = _reference_geometry_tta(
+                model, pixels, (1.0, 1.5), True, np.float32(0.5), np.float32(0.25)
+            )
         keys = ds.labels(image_id)
         expected = reference[keys - 1] / (reference[keys - 1].max(axis=(1, 2), keepdims=True) + 1e-5)
         got_keys, got = load_cam(tmp_path / "cams" / f"{image_id}.npz", shape=pixels.shape[:2])
         np.testing.assert_array_equal(got_keys, keys)
         np.testing.assert_allclose(got, expected, atol=2e-3)
+
+
+def test_a_folder_of_the_other_geometry_is_refused(voc_like, model_path, tmp_path):
+    ds = build_dataset("synthetic", voc_like, "train")
+    infer_cams(ds, model_path, tmp_path, scales=(1.0,), flip=False, geometry="resize", progress=False,
+               ids=ds.ids[:1])  # fmt: skip
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert "geometry" not in settings["settings"]  # as folders made before the option: they resume
+    with pytest.raises(WsssError, match=r"settings\.json: .*geometry: None → 'reference'"):
+        infer_cams(ds, model_path, tmp_path, scales=(1.0,), flip=False, progress=False)
+    with pytest.raises(WsssError, match="geometry must be one of"):
+        infer_cams(ds, model_path, tmp_path / "other", geometry="irn", progress=False)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
 
 
 def test_bad_inputs_name_the_file(voc_like, tmp_path):

@@ -244,6 +244,9 @@ def cam_infer(
     split: Split = "train",
     scales: Annotated[str, typer.Option(help="TTA scales, comma-separated.")] = "0.5,1.0,1.5,2.0",
     flip: Annotated[bool, typer.Option(help="Add horizontally flipped inputs.")] = True,
+    geometry: Annotated[
+        str, typer.Option(help="reference (IRN/P-NOC: PIL bicubic rescale, stride-rounded maps) or resize.")
+    ] = "reference",
     shard: Shard = None,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1… (default: cuda if available).")
@@ -258,7 +261,7 @@ def cam_infer(
     _device("--device", device)
     scale_list, shard_ = _floats(scales, "--scales", positive=True), parse_shard(shard)
     ds = _dataset(data, dataset, split)
-    infer_cams(ds, model, out, scales=scale_list, flip=flip, shard=shard_, device=device,
+    infer_cams(ds, model, out, scales=scale_list, flip=flip, geometry=geometry, shard=shard_, device=device,
                progress=not quiet, force=force)  # fmt: skip
     typer.echo(f"CAMs in {out}")
 

@@ -60,7 +60,8 @@ DEFAULTS: dict[str, Any] = {
         "method": "cam",
         "cams": None,  # an existing CAM folder (any supported format): no training, no inference
         "train": {},  # CamTrainConfig fields
-        "infer": {"scales": [0.5, 1.0, 1.5, 2.0], "flip": True, "batch_size": 8},
+        # geometry: reference (IRN / P-NOC inference) or resize (this toolkit before)
+        "infer": {"scales": [0.5, 1.0, 1.5, 2.0], "flip": True, "geometry": "reference", "batch_size": 8},
     },
     # stage 2: name → {source: KIND, cue: {...}?, <source options>}, built into
     # saliency/<name>/<split>/; learnt sources (c2am, c2am-h) train once on the train split
@@ -345,6 +346,7 @@ class Pipeline:
                 self.cam_dir,
                 scales=tuple(icfg["scales"]),
                 flip=bool(icfg["flip"]),
+                geometry=str(icfg["geometry"]),
                 batch_size=int(icfg.get("batch_size", 8)),
                 progress=self.progress,
             )

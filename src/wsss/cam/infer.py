@@ -1,7 +1,16 @@
 """CAM inference with test-time augmentation (docs/methods.md §1) → ``<id>.npz`` per image.
 
-For each scale × {identity, h-flip}: relu(F), flip back, bilinear resize to the
-image size, sum; keep the image's classes; divide each map by its max + 1e-5.
+For each scale × {identity, h-flip}: relu(F), flip back, sum; keep the image's classes;
+divide each map by its max + 1e-5. Two geometries put the passes back on the image:
+
+- ``reference`` (default; IRN ``step/make_cam.py``, P-NOC ``scripts/cam/inference.py``): the
+  uint8 image is rescaled with PIL bicubic before normalising, and each scale's map is
+  resized bilinearly to the image size rounded up to a multiple of the network's output
+  stride, then cropped to H×W, so that map cells keep their place on the pixel grid;
+- ``resize`` (this toolkit before): the normalised image is resized bilinearly and each
+  map straight to H×W, which squeezes the ⌈H/stride⌉ cells onto H px: cells drift towards
+  the origin, by up to a stride at the far edge.
+
 The flip pair and images of equal size go through the network as one batch.
 """
 
@@ -15,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
@@ -31,38 +41,82 @@ from wsss.stage import dataset_settings, stage_run
 
 DEFAULT_SCALES = (0.5, 1.0, 1.5, 2.0)
 NORM_EPS = 1e-5
+GEOMETRIES = ("reference", "resize")
+DEFAULT_GEOMETRY = "reference"
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(h, w) of an image rescaled by ``scale``: rounded half to even, as the reference
+    repositories round (``np.round``/``round``), at least 1 px."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def strided_up_size(height: int, width: int, stride: int) -> tuple[int, int]:
+    """The image size rounded up to a multiple of ``stride``: the extent a map of ⌈H/stride⌉
+    cells covers, so that resizing to it and cropping keeps each cell on its pixels."""
+    return -(-height // stride) * stride, -(-width // stride) * stride
+
+
+def pil_rescale(pixels: np.ndarray, scale: float) -> np.ndarray:
+    """uint8 H×W×3 rescaled with PIL bicubic (antialiased when shrinking), as the reference
+    inference does before normalising; OpenCV's or torch's bicubic give other pixels."""
+    height, width = scaled_size(*pixels.shape[:2], scale)
+    if (height, width) == pixels.shape[:2]:
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.BICUBIC))
 
 
 def tta_sum(
-    forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, scales: Sequence[float], flip: bool
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    scales: Sequence[float],
+    flip: bool,
+    rescaled: Callable[[float], torch.Tensor] | None = None,
+    stride: int = 1,
 ) -> tuple[torch.Tensor, int]:
     """Sum of ``forward`` (B'×K×h×w maps of a B'×3×h×w batch) over scales × flips, each pass
-    un-flipped and resized back to the images' H×W; returns (sum, number of passes). The one
-    test-time augmentation of CAM inference and segmentation prediction."""
+    un-flipped and taken back to the images' H×W; returns (sum, number of passes). The one
+    test-time augmentation of CAM inference and segmentation prediction.
+
+    ``rescaled(scale)`` gives the network's input at a scale (default: ``images`` resized
+    bilinearly). Each pass is resized to H×W rounded up to a multiple of ``stride`` and cropped
+    to H×W; the default stride 1 resizes straight to H×W.
+    """
     batch, _, height, width = images.shape
+    up_size = strided_up_size(height, width, stride)
     total = None
     for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        x = (
-            images
-            if size == (height, width)
-            else F.interpolate(images, size, mode="bilinear", align_corners=False)
-        )
+        size = scaled_size(height, width, scale)
+        if rescaled is not None:
+            x = rescaled(scale)
+        elif size == (height, width):
+            x = images
+        else:
+            x = F.interpolate(images, size, mode="bilinear", align_corners=False)
         if flip:
             x = torch.cat([x, x.flip(-1)])
         maps = forward(x)
         if flip:
             maps = maps[:batch] + maps[batch:].flip(-1)
-        if maps.shape[-2:] != (height, width):
-            maps = F.interpolate(maps, (height, width), mode="bilinear", align_corners=False)
+        if maps.shape[-2:] != up_size:
+            maps = F.interpolate(maps, up_size, mode="bilinear", align_corners=False)
+        maps = maps[..., :height, :width]
         total = maps if total is None else total + maps
     if total is None:
         raise WsssError("test-time augmentation needs at least one scale")
     return total, len(scales) * (2 if flip else 1)
 
 
-def tta_cams(model: nn.Module, images: torch.Tensor, scales: Sequence[float], flip: bool) -> torch.Tensor:
-    """Summed relu'd class maps B×C×H×W of normalised images B×3×H×W (not yet max-normalised).
+def tta_cams(
+    model: nn.Module,
+    images: torch.Tensor,
+    scales: Sequence[float],
+    flip: bool,
+    rescaled: Callable[[float], torch.Tensor] | None = None,
+    stride: int = 1,
+) -> torch.Tensor:
+    """Summed relu'd class maps B×C×H×W of normalised images B×3×H×W (not yet max-normalised);
+    ``rescaled`` and ``stride`` as in :func:`tta_sum` (the defaults: the ``resize`` geometry).
 
     ``model(x)`` must return ``(logits, maps)`` like :class:`wsss.models.CamNet`; maps beyond
     the logits' classes (a background map, stored last) are dropped.
@@ -73,7 +127,38 @@ def tta_cams(model: nn.Module, images: torch.Tensor, scales: Sequence[float], fl
         # a model with a background map (EPS, SMVWE) returns C+1 maps: keep the C foreground ones
         return torch.relu(maps[:, : logits.shape[1]].float())
 
-    return tta_sum(forward, images, scales, flip)[0]
+    return tta_sum(forward, images, scales, flip, rescaled, stride)[0]
+
+
+def image_cams(
+    model: nn.Module,
+    pixels: np.ndarray,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    flip: bool = True,
+    geometry: str = DEFAULT_GEOMETRY,
+) -> torch.Tensor:
+    """Summed relu'd class maps B×C×H×W of uint8 images B×H×W×3 of one size (see the module
+    docstring for ``geometry``). The model's ``meta_info`` mean/std (0..1 scale) normalise
+    the pixels; the ``reference`` geometry reads its ``output_stride``."""
+    if geometry not in GEOMETRIES:
+        raise WsssError(f"geometry must be one of {list(GEOMETRIES)}, got {geometry!r}")
+    device = next(model.parameters()).device
+    mean = torch.tensor(model.meta_info["mean"], device=device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(model.meta_info["std"], device=device).view(1, 3, 1, 1) * 255.0
+
+    def normalised(batch: np.ndarray) -> torch.Tensor:
+        return (torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float() - mean) / std
+
+    images = normalised(pixels)
+    if geometry == "resize":
+        return tta_cams(model, images, scales, flip)
+
+    def rescaled(scale: float) -> torch.Tensor:
+        if scaled_size(*pixels.shape[1:3], scale) == pixels.shape[1:3]:
+            return images
+        return normalised(np.stack([pil_rescale(p, scale) for p in pixels]))
+
+    return tta_cams(model, images, scales, flip, rescaled, stride=int(model.output_stride))
 
 
 def normalize_present(cams: torch.Tensor, keys: np.ndarray) -> torch.Tensor:
@@ -97,6 +182,7 @@ def infer_cams(
     out_dir: str | os.PathLike,
     scales: Sequence[float] = DEFAULT_SCALES,
     flip: bool = True,
+    geometry: str = DEFAULT_GEOMETRY,
     shard: tuple[int, int] | str | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 8,
@@ -108,7 +194,8 @@ def infer_cams(
 
     Existing outputs are skipped (resume) while the model and settings are those that made
     them (else refused; ``force`` recomputes all); ``shard=(i, N)`` or ``"i/N"`` takes every N-th id
-    from the i-th (default: RANK/WORLD_SIZE from the environment). Returns ``out_dir``.
+    from the i-th (default: RANK/WORLD_SIZE from the environment). ``geometry``: ``reference``
+    (IRN's / P-NOC's) or ``resize`` (see the module docstring). Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
     scales = tuple(float(s) for s in scales)
@@ -116,6 +203,8 @@ def infer_cams(
         raise WsssError(f"{out_dir}: scales must be a non-empty list of positive numbers, got {scales}")
     if batch_size < 1:
         raise WsssError(f"{out_dir}: batch_size must be >= 1, got {batch_size}")
+    if geometry not in GEOMETRIES:
+        raise WsssError(f"{out_dir}: geometry must be one of {list(GEOMETRIES)}, got {geometry!r}")
     all_ids = dataset.select_ids(ids)
     shard = parse_shard(shard)
     mine = shard_list(all_ids, shard)
@@ -123,6 +212,8 @@ def infer_cams(
     if not weights_file.is_file():
         raise WsssError(f"{weights_file}: CAM model not found")
     settings = {"scales": list(scales), "flip": flip, **dataset_settings(dataset)}
+    if geometry != "resize":  # absent for ``resize``, so folders made before the option resume with it
+        settings["geometry"] = geometry
     with stage_run(out_dir, "cam_infer", settings, {"model": weights_file}, digests=("model",), force=force,
                    shard=shard) as run:  # fmt: skip
         todo = [i for i in mine if not (out_dir / f"{i}.npz").is_file()]
@@ -135,17 +226,13 @@ def infer_cams(
                     f"{model_file}: model has {model.num_classes} classes but {dataset.root} has "
                     f"{dataset.num_classes - 1} foreground classes"
                 )
-            dev = next(model.parameters()).device
-            mean = torch.tensor(model.meta_info["mean"], device=dev).view(1, 3, 1, 1) * 255.0
-            std = torch.tensor(model.meta_info["std"], device=dev).view(1, 3, 1, 1) * 255.0
             bar = tqdm(
                 total=len(todo), desc="infer cams", unit="img", disable=not progress, dynamic_ncols=True
             )
             with torch.inference_mode():
                 for chunk in batches_of_equal_size(dataset, todo, batch_size):
                     pixels = np.stack([dataset.image(i) for i in chunk])
-                    images = torch.from_numpy(pixels).to(dev).permute(0, 3, 1, 2).float()
-                    cams = tta_cams(model, (images - mean) / std, scales, flip)
+                    cams = image_cams(model, pixels, scales, flip, geometry)
                     for image_id, cam in zip(chunk, cams, strict=True):
                         keys = dataset.labels(image_id)
                         save_cam(
@@ -162,6 +249,7 @@ def infer_cams(
                 "model": str(model_path),
                 "scales": list(scales),
                 "flip": flip,
+                "geometry": geometry,
                 "batch_size": batch_size,
                 "shard": [index, count],
             },
