@@ -95,6 +95,7 @@ def main() -> None:
         for workers in args.workers:
             cfg = CamTrainConfig(
                 backbone=args.backbone,
+                recipe="generic",  # the toolkit's own recipe, as the demo trains
                 crop_size=args.size,
                 batch_size=args.batch_size,
                 epochs=1,

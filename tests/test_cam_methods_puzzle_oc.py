@@ -23,6 +23,7 @@ from wsss.models.cam_net import CamNet, save_cam_model
 def small_config(**overrides) -> CamTrainConfig:
     base = dict(
         backbone="resnet18",
+        recipe="generic",
         crop_size=32,
         batch_size=2,
         epochs=1,

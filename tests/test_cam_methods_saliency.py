@@ -26,6 +26,7 @@ from wsss.models.cam_net import CamNet, load_cam_model
 def small_config(**overrides) -> CamTrainConfig:
     base = dict(
         backbone="resnet18",
+        recipe="generic",
         crop_size=64,
         batch_size=4,
         epochs=1,

@@ -118,6 +118,14 @@ def _below_one(ctx: typer.Context, param: typer.CallbackParam, value: float | No
     return value
 
 
+def _recipe(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    from wsss.cam.recipes import RECIPES
+
+    if value is not None and value != "auto" and value not in RECIPES:
+        raise typer.BadParameter(f"{value!r} is not one of: auto, {', '.join(sorted(RECIPES))}")
+    return value
+
+
 def _out_dir(flag: str, path: str | Path | None) -> None:
     """An output folder: refused before any work when it, or a folder above it, is a file."""
     if path is None:
@@ -214,6 +222,13 @@ def cam_train(
     label_smoothing: Annotated[
         float | None, typer.Option(help="ε for y' = (1−ε)y + ε/2, e.g. 0.1.", callback=_below_one)
     ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="Training recipe: irn, puzzlecam, oc-cse, pnoc, eps, generic, or auto (the method's authors').",
+            callback=_recipe,
+        ),
+    ] = None,
     sets: Sets = None,
     quiet: Quiet = False,
     force: Force = False,
@@ -225,7 +240,12 @@ def cam_train(
     _out_dir("--out", out)
     values = load_yaml(config) if config else {}
     values = apply_overrides(values, sets or [])
-    for key, value in (("oc", oc), ("saliency", saliency), ("label_smoothing", label_smoothing)):
+    for key, value in (
+        ("oc", oc),
+        ("saliency", saliency),
+        ("label_smoothing", label_smoothing),
+        ("recipe", recipe),
+    ):
         if value is not None:
             values[key] = str(value) if isinstance(value, Path) else value
     cfg = CamTrainConfig.from_dict(values, source=str(config or "--set"))

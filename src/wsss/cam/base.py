@@ -30,6 +30,14 @@ from tqdm import tqdm
 
 from wsss import dist
 from wsss.cam.data import CamTrainData, EpochSampler, worker_init
+from wsss.cam.recipes import (
+    BATCHNORM_MODES,
+    RECIPE_FIELDS,
+    RESIZE_MODES,
+    freeze_parts,
+    recipe_for,
+    set_batchnorm_mode,
+)
 from wsss.config import check_field_types
 from wsss.data.base import Dataset
 from wsss.io import WsssError, atomic_path, atomic_write_text, write_run_json
@@ -59,9 +67,16 @@ RUNTIME_FIELDS = frozenset(
 class CamTrainConfig:
     """Every hyper-parameter of stage-1 training; YAML in/out via ``asdict``/:meth:`from_dict`.
 
-    Defaults follow IRN's CAM recipe (SGD 0.1, 10× head LR, poly 0.9, 5 epochs, crop
-    512, batch 16), which assumes ImageNet weights; from scratch use ``optimizer="adamw"``
-    (its default ``lr`` is 1e-3). ``batch_size`` is per process under DDP. Set
+    ``recipe`` names a training recipe (:mod:`wsss.cam.recipes`): every field left at None
+    (SGD's LR, momentum and nesterov, weight decay, parameter groups, schedule, epochs, batch
+    and accumulation, crop, resize, colour jitter, label smoothing, freezing) takes the recipe's value, and a
+    value set here wins over it. ``auto`` (default) is the method's authors' recipe, resolved
+    when the trainer knows the method (:meth:`for_method`; until then the fields hold the
+    ``generic`` recipe's values); ``generic`` is the toolkit's own (SGD 0.1 with momentum
+    0.9, 10× head LR, poly 0.9, 5 epochs, crop 512, batch 16, rescale 0.5–1.5), which
+    assumes ImageNet weights; from scratch use ``optimizer="adamw"`` (its default ``lr`` is
+    1e-3). ``batch_size`` is per optimiser step and process; ``accumulate`` splits it into
+    that many micro-batches whose gradients add up (P-NOC's accumulation). Set
     ``crop_size`` near the image size: small images are zero-padded up to it.
     """
 
@@ -69,18 +84,30 @@ class CamTrainConfig:
     pretrained: bool = False
     weights: str | None = None
     output_stride: int = 16
-    epochs: int = 5
-    batch_size: int = 16
+    recipe: str = "auto"  # a name in wsss.cam.recipes.RECIPES, or "auto": the method's authors' recipe
+    epochs: int | None = None
+    batch_size: int | None = None
+    accumulate: int | None = None
     optimizer: str = "sgd"  # "sgd" | "adamw"
-    lr: float | None = None  # None: 0.1 for sgd, 1e-3 for adamw
-    head_lr_mult: float = 10.0
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
+    lr: float | None = None  # None: the recipe's for sgd, 1e-3 for adamw
+    head_lr_mult: float | None = None
+    bias_lr_mult: float | None = None
+    bias_weight_decay: bool | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    poly_power: float | None = None
     warmup_steps: int = 0
-    crop_size: int = 512
-    scale_range: tuple[float, float] = (0.5, 1.5)
+    crop_size: int | None = None
+    # "scale" (scale_range, bilinear) | "long-side" (long_side_range px, PIL bicubic)
+    resize: str | None = None
+    scale_range: tuple[float, float] | None = None
+    long_side_range: tuple[int, int] | None = None
+    color_jitter: tuple[float, float, float, float] | None = None  # brightness, contrast, saturation, hue
     hflip: bool = True
+    batchnorm: str | None = None  # "train" | "frozen-stats" | "frozen"
+    freeze_stem: bool | None = None
+    detach_stage: int | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     seed: int = 0
@@ -92,7 +119,8 @@ class CamTrainConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     stop_after_steps: int | None = None  # end the run early like a kill (tests of resume)
-    label_smoothing: float = 0.0  # ε: targets y' = (1 − ε)·y + ε/2 (P-NOC's "+LS" uses 0.1), any method
+    # ε: targets y' = (1 − ε)·y + ε/2 (P-NOC's "+LS" uses 0.1), any method
+    label_smoothing: float | None = None
     oc: str | None = (
         None  # ordinary classifier weights (a `cam` training folder or .safetensors): oc-cse, p-oc, p-noc
     )
@@ -100,23 +128,45 @@ class CamTrainConfig:
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._fill_from_recipe()
         self.scale_range = tuple(float(s) for s in self.scale_range)  # type: ignore[assignment]
+        self.long_side_range = tuple(int(s) for s in self.long_side_range)  # type: ignore[assignment]
+        self.color_jitter = tuple(float(s) for s in self.color_jitter)  # type: ignore[assignment]
         self.mean = tuple(float(s) for s in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(s) for s in self.std)  # type: ignore[assignment]
         problems = []
-        if self.lr is None and self.optimizer in DEFAULT_LR:
-            self.lr = DEFAULT_LR[self.optimizer]
         if self.optimizer not in ("sgd", "adamw"):
             problems.append(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.amp not in ("bf16", "fp16", "none"):
             problems.append(f"amp must be 'bf16', 'fp16' or 'none', got {self.amp!r}")
-        for name in ("epochs", "batch_size", "crop_size", "checkpoint_every", "log_every"):
+        for name in ("epochs", "batch_size", "accumulate", "crop_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if (self.lr is not None and self.lr <= 0) or self.head_lr_mult <= 0:
-            problems.append("lr and head_lr_mult must be > 0")
+        if self.batch_size % self.accumulate:
+            problems.append(
+                f"batch_size {self.batch_size} must be a multiple of accumulate {self.accumulate} "
+                "(equal micro-batches)"
+            )
+        if (self.lr is not None and self.lr <= 0) or self.head_lr_mult <= 0 or self.bias_lr_mult <= 0:
+            problems.append("lr, head_lr_mult and bias_lr_mult must be > 0")
+        if self.momentum < 0 or self.weight_decay < 0 or (self.nesterov and self.momentum == 0):
+            problems.append("momentum and weight_decay must be >= 0 (nesterov needs momentum > 0)")
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             problems.append(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {self.scale_range}")
+        if len(self.long_side_range) != 2 or not 0 < self.long_side_range[0] <= self.long_side_range[1]:
+            problems.append(
+                f"long_side_range must be (lo, hi) px with 0 < lo <= hi, got {self.long_side_range}"
+            )
+        if len(self.color_jitter) != 4 or min(self.color_jitter) < 0 or self.color_jitter[3] > 0.5:
+            problems.append(
+                f"color_jitter must be (brightness, contrast, saturation, hue) >= 0, hue <= 0.5, got {self.color_jitter}"
+            )
+        if self.resize not in RESIZE_MODES:
+            problems.append(f"resize must be one of {list(RESIZE_MODES)}, got {self.resize!r}")
+        if self.batchnorm not in BATCHNORM_MODES:
+            problems.append(f"batchnorm must be one of {list(BATCHNORM_MODES)}, got {self.batchnorm!r}")
+        if self.detach_stage < 0:
+            problems.append(f"detach_stage must be >= 0 (0: none), got {self.detach_stage}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             problems.append("mean and std need 3 values each, std > 0")
         if self.num_workers < 0 or self.warmup_steps < 0:
@@ -125,6 +175,32 @@ class CamTrainConfig:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if problems:
             raise WsssError("CamTrainConfig: " + "; ".join(problems))
+
+    def _fill_from_recipe(self) -> None:
+        """Fields left at None take the recipe's values (``auto``: ``generic``'s for now);
+        which ones were left is remembered, so that :meth:`for_method` can refill them."""
+        recipe = recipe_for(self.recipe)  # "auto" without a method: generic
+        unset = [name for name in RECIPE_FIELDS if getattr(self, name) is None]
+        values = recipe.values()
+        if self.optimizer != "sgd":  # every recipe's LR is an SGD one
+            values["lr"] = DEFAULT_LR.get(self.optimizer, recipe.lr)
+        if recipe.momentum_is_weight_decay and self.weight_decay is not None:
+            values["momentum"] = self.weight_decay
+        for name in unset:
+            setattr(self, name, values[name])
+        self._unset_by_user = frozenset(unset)
+
+    def for_method(self, method: str) -> CamTrainConfig:
+        """This config with ``recipe: auto`` resolved to ``method``'s authors' recipe (the
+        fields the user left unset take that recipe's values); other configs unchanged."""
+        if self.recipe != "auto":
+            return self
+        unset = getattr(self, "_unset_by_user", frozenset())
+        values = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init and f.name not in unset
+        }
+        values["recipe"] = recipe_for("auto", method).name
+        return type(self)(**values)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -191,6 +267,7 @@ class CamTrainer(abc.ABC):
     ):
         self.dataset = dataset
         self.out_dir = Path(out_dir)
+        config = config.for_method(self.method_name)  # recipe "auto" → this method's authors' recipe
         self.config = config
         self.progress = progress
         self.device = resolve_device(config.device)
@@ -203,7 +280,15 @@ class CamTrainer(abc.ABC):
         dataset.check_labels()
         self.num_classes = dataset.num_classes - 1
         self.data = CamTrainData(
-            dataset, config.crop_size, config.scale_range, config.hflip, config.mean, config.std, config.seed
+            dataset,
+            config.crop_size,
+            config.scale_range,
+            config.hflip,
+            config.mean,
+            config.std,
+            config.seed,
+            long_side_range=config.long_side_range if config.resize == "long-side" else None,
+            color_jitter=config.color_jitter if any(config.color_jitter) else None,
         )
         self.sampler = EpochSampler(len(dataset), config.batch_size, config.seed, self.rank, self.world_size)
         if self.sampler.batches_per_epoch == 0:
@@ -223,6 +308,7 @@ class CamTrainer(abc.ABC):
         self.generator = torch.Generator().manual_seed(config.seed)
         self._wrapped: list[nn.Module] = []  # networks synchronised across ranks (see wrap)
         self.build_models()
+        self.freeze(self.model)
         self.train_model: nn.Module = self.wrap(self.model)
         self.optimizer = self.build_optimizer(self.param_groups())
         self.use_autocast = self.device.type == "cuda" and config.amp != "none"
@@ -236,13 +322,51 @@ class CamTrainer(abc.ABC):
         self.model = CamNet(c.backbone, self.num_classes, c.pretrained, c.weights, c.output_stride)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """Backbone at ``lr``, head at ``lr × head_lr_mult`` (the newly initialised layer learns faster)."""
+        """Backbone at ``lr``, head at ``lr × head_lr_mult`` (the newly initialised layer learns
+        faster), each split by :meth:`recipe_groups` when the recipe treats biases apart."""
         backbone, head = self.model.param_groups()
+        return self.recipe_groups(self.model, backbone, head, self.config.lr)
+
+    def recipe_groups(
+        self,
+        module: nn.Module,
+        backbone: list[nn.Parameter],
+        head: list[nn.Parameter],
+        lr: float,
+        prefix: str = "",
+    ) -> list[dict[str, Any]]:
+        """Optimiser groups of one network: "backbone" at ``lr``, "head" at ``lr ×
+        head_lr_mult``; with ``bias_lr_mult`` ≠ 1 or ``bias_weight_decay`` off, the parameters
+        whose name lacks "weight" (biases — P-NOC's rule) move to "backbone_bias"/"head_bias"
+        at ``bias_lr_mult`` × their group's LR, without weight decay unless ``bias_weight_decay``.
+        Extra networks (P-NOC's oc) use it too, with their names under ``prefix``."""
         c = self.config
-        return [
-            {"params": backbone, "lr": c.lr, "name": "backbone"},
-            {"params": head, "lr": c.lr * c.head_lr_mult, "name": "head"},
-        ]
+        split = c.bias_lr_mult != 1.0 or not c.bias_weight_decay
+        names = {id(p): n for n, p in module.named_parameters()}
+        groups = []
+        for part, params, part_lr in (("backbone", backbone, lr), ("head", head, lr * c.head_lr_mult)):
+            if not split:
+                groups.append({"params": params, "lr": part_lr, "name": prefix + part})
+                continue
+            weights = [p for p in params if "weight" in names.get(id(p), "weight")]
+            biases = [p for p in params if "weight" not in names.get(id(p), "weight")]
+            groups.append({"params": weights, "lr": part_lr, "name": prefix + part})
+            bias_group = {"params": biases, "lr": part_lr * c.bias_lr_mult, "name": f"{prefix}{part}_bias"}
+            if not c.bias_weight_decay:
+                bias_group["weight_decay"] = 0.0
+            groups.append(bias_group)
+        return [g for g in groups if g["params"]]
+
+    def freeze(self, model: nn.Module) -> None:
+        """The recipe's frozen parts of ``model``'s backbone (stem, BatchNorm, early stages)."""
+        c = self.config
+        freeze_parts(getattr(model, "backbone", model), c.batchnorm, c.freeze_stem, c.detach_stage)
+
+    def set_train_mode(self) -> None:
+        """Training mode for the trained network, except the backbone's BatchNorm layers when
+        the recipe freezes them (a newly initialised head's BatchNorm always trains)."""
+        self.train_model.train()
+        set_batchnorm_mode(getattr(self.model, "backbone", self.model), self.config.batchnorm)
 
     @abc.abstractmethod
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -300,7 +424,9 @@ class CamTrainer(abc.ABC):
         for g in groups:
             g["initial_lr"] = g["lr"]
         if c.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+            return torch.optim.SGD(
+                groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov
+            )
         return torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
 
     def lr_factor(self, step: int) -> float:
@@ -332,21 +458,49 @@ class CamTrainer(abc.ABC):
             out[k] = v
         return out
 
+    def micro_batches(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """The batch split into ``accumulate`` equal parts along the first dimension."""
+        n = self.config.accumulate
+        if n == 1:
+            return [batch]
+        parts: list[dict[str, Any]] = [{} for _ in range(n)]
+        for key, value in batch.items():
+            chunks = value.tensor_split(n) if isinstance(value, torch.Tensor) else [value] * n
+            for part, chunk in zip(parts, chunks, strict=True):
+                part[key] = chunk
+        return parts
+
     def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """One optimisation step at the current ``global_step`` (the LR follows the schedule)."""
-        self.train_model.train()
+        """One optimisation step at the current ``global_step`` (the LR follows the schedule).
+
+        With ``accumulate`` > 1 each micro-batch is forwarded and backpropagated on its own and
+        their gradients add up (P-NOC's ``train_pnoc.py`` does not divide the loss); the logged
+        losses are the micro-batches' mean."""
+        self.set_train_mode()
         self.set_lr(self.global_step)
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            losses = self.step(batch)
-        if "loss" not in losses:
-            raise WsssError(
-                f"{type(self).__name__}.step must return the total under 'loss', got {sorted(losses)}"
-            )
-        self.scaler.scale(losses["loss"]).backward()
+        parts = self.micro_batches(batch)
+        is_ddp = isinstance(self.train_model, nn.parallel.DistributedDataParallel)
+        totals: dict[str, torch.Tensor] = {}
+        for k, part in enumerate(parts):
+            # under DDP only the last backward all-reduces: the summed local gradients once
+            last = k == len(parts) - 1
+            with self.train_model.no_sync() if is_ddp and not last else contextlib.nullcontext():
+                with self.autocast():
+                    losses = self.step(part)
+                if "loss" not in losses:
+                    raise WsssError(
+                        f"{type(self).__name__}.step must return the total under 'loss', got {sorted(losses)}"
+                    )
+                self.scaler.scale(losses["loss"]).backward()
+            for name, value in losses.items():
+                value = value.detach()
+                totals[name] = (
+                    value if len(parts) == 1 else totals.get(name, 0.0) + value.float() / len(parts)
+                )
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {k: v.detach() for k, v in losses.items()}
+        return totals
 
     # ----------------------------------------------------------------- data
     def loader(self, epoch: int, skip_batches: int = 0) -> torch.utils.data.DataLoader:

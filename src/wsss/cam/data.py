@@ -42,6 +42,49 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def long_side_size(shape: tuple[int, ...], long_side: int) -> tuple[int, int]:
+    """(h, w) with the longer side scaled to ``long_side`` px (width when square), the other
+    side rounded half to even, as IRN's ``random_resize_long``/``pil_rescale`` compute it."""
+    h, w = shape[:2]
+    scale = long_side / h if w < h else long_side / w
+    return int(np.round(h * scale)), int(np.round(w * scale))
+
+
+def pil_bicubic_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 H×W(×3) → ``size`` (h, w) with PIL's bicubic filter (what the reference
+    repositories' augmentation uses; OpenCV's bicubic gives other pixels)."""
+    if size == image.shape[:2]:
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BICUBIC))
+
+
+def color_jitter(
+    image: np.ndarray, strengths: tuple[float, float, float, float], rng: np.random.Generator
+) -> np.ndarray:
+    """torchvision's ``ColorJitter(brightness, contrast, saturation, hue)`` on a uint8 RGB image
+    (the four adjustments in a random order, factors uniform in [1 − s, 1 + s], hue shift in
+    [−h, h]), drawn from ``rng`` so that the sample stays a function of (seed, epoch, index)."""
+    from PIL import Image
+    from torchvision.transforms import functional as tvf
+
+    brightness, contrast, saturation, hue = strengths
+    order = rng.permutation(4)
+    factors = [
+        rng.uniform(max(0.0, 1.0 - brightness), 1.0 + brightness) if brightness else None,
+        rng.uniform(max(0.0, 1.0 - contrast), 1.0 + contrast) if contrast else None,
+        rng.uniform(max(0.0, 1.0 - saturation), 1.0 + saturation) if saturation else None,
+        rng.uniform(-hue, hue) if hue else None,
+    ]
+    adjust = (tvf.adjust_brightness, tvf.adjust_contrast, tvf.adjust_saturation, tvf.adjust_hue)
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    for i in order:
+        if factors[i] is not None:
+            pil = adjust[i](pil, float(factors[i]))
+    return np.asarray(pil)
+
+
 def random_rescale(
     image: np.ndarray, scale_range: tuple[float, float], rng: np.random.Generator
 ) -> np.ndarray:
@@ -95,17 +138,32 @@ def augment_with_saliency(
     hflip: bool,
     mean: Sequence[float],
     std: Sequence[float],
+    long_side_range: tuple[int, int] | None = None,
+    jitter: tuple[float, float, float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`augment` with a saliency map (H×W in [0, 1]) taken through the very same
     rescale/flip/crop, so that saliency supervision stays aligned with the pixels; padding
-    is non-salient (0). The random draws are those of :func:`augment`, saliency or not."""
-    size = _rescaled_size(image.shape, scale_range, rng)
-    image = _resize(image, size)
-    if saliency is not None:
-        saliency = _resize(saliency.astype(np.float32, copy=False), size)
+    is non-salient (0). The random draws are those of :func:`augment`, saliency or not.
+
+    ``long_side_range`` (lo, hi) replaces the rescale by ``scale_range``: the long side is
+    drawn uniformly in lo..hi px (inclusive) and the image resized with PIL bicubic (IRN's
+    ``resize_long``; the saliency map too, as EPS resizes it). ``jitter``: colour jitter
+    strengths (:func:`color_jitter`) applied after the flip, to the image only."""
+    if long_side_range is None:
+        size = _rescaled_size(image.shape, scale_range, rng)
+        image = _resize(image, size)
+        if saliency is not None:
+            saliency = _resize(saliency.astype(np.float32, copy=False), size)
+    else:
+        size = long_side_size(image.shape, int(rng.integers(long_side_range[0], long_side_range[1] + 1)))
+        image = pil_bicubic_resize(image, size)
+        if saliency is not None:
+            saliency = np.clip(pil_bicubic_resize(saliency.astype(np.float32, copy=False), size), 0.0, 1.0)
     if hflip and rng.random() < 0.5:
         image = image[:, ::-1]
         saliency = saliency[:, ::-1] if saliency is not None else None
+    if jitter is not None:
+        image = color_jitter(image, jitter, rng)
     windows = _crop_windows(size[0], size[1], crop_size, rng)
     image = _apply_crop(normalize(image, mean, std), crop_size, windows)
     if saliency is not None:
@@ -127,7 +185,11 @@ class CamTrainData(torch.utils.data.Dataset):
         mean: Sequence[float],
         std: Sequence[float],
         seed: int,
+        long_side_range: tuple[int, int] | None = None,
+        color_jitter: tuple[float, float, float, float] | None = None,
     ):
+        """``long_side_range``: resize the long side into it (see :func:`augment_with_saliency`)
+        instead of rescaling by ``scale_range``; ``color_jitter``: jitter strengths or None."""
         self.dataset = dataset
         self.ids = list(dataset.ids)
         self.labels = np.stack([dataset.label_vector(i) for i in self.ids]) if self.ids else np.zeros((0, 0))
@@ -136,6 +198,8 @@ class CamTrainData(torch.utils.data.Dataset):
         self.hflip = hflip
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
+        self.long_side_range = long_side_range
+        self.color_jitter = color_jitter
         self.saliency_dir: Path | None = None
 
     def use_saliency(self, saliency_dir: str | os.PathLike) -> None:
@@ -162,7 +226,16 @@ class CamTrainData(torch.utils.data.Dataset):
         if self.saliency_dir is not None:
             saliency = load_saliency(self.saliency_dir / f"{image_id}.png", shape=image.shape[:2])
         image, saliency = augment_with_saliency(
-            image, saliency, rng, self.crop_size, self.scale_range, self.hflip, self.mean, self.std
+            image,
+            saliency,
+            rng,
+            self.crop_size,
+            self.scale_range,
+            self.hflip,
+            self.mean,
+            self.std,
+            self.long_side_range,
+            self.color_jitter,
         )
         sample = {
             "image": torch.from_numpy(image),

@@ -87,14 +87,9 @@ class PnocTrainer(PocTrainer):
             )
         self.noc_every = int(every)
         self.freeze_oc_in_generator_step = bool(o["freeze_oc_in_generator_step"])
-        c = self.config
-        backbone, head = self.oc.param_groups()
-        lr = c.lr * o["noc_lr_mult"]
+        backbone, head = self.oc.param_groups()  # grouped like the generator's, by the recipe
         self.oc_optimizer = self.build_optimizer(
-            [
-                {"params": backbone, "lr": lr, "name": "oc_backbone"},
-                {"params": head, "lr": lr * c.head_lr_mult, "name": "oc_head"},
-            ]
+            self.recipe_groups(self.oc, backbone, head, self.config.lr * o["noc_lr_mult"], prefix="oc_")
         )
         self._set_oc_trainable(not self.freeze_oc_in_generator_step)
 
@@ -128,25 +123,31 @@ class PnocTrainer(PocTrainer):
             p.grad = pending[n].to(p.device) if n in pending else None
 
     # ----------------------------------------------------------------- the two phases
-    def generator_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def generator_step(
+        self, batch: dict[str, torch.Tensor], zero_grad: bool = True, update: bool = True
+    ) -> dict[str, torch.Tensor]:
         """P-OC's step on the generator; keeps (F, r) for :meth:`oc_step`. Only the generator's
         optimiser steps; the gradient the CSE term leaves on the oc (unless
-        ``freeze_oc_in_generator_step``) waits for the oc's own step."""
-        self.train_model.train()
+        ``freeze_oc_in_generator_step``) waits for the oc's own step. For accumulation,
+        ``zero_grad``/``update`` off keep the gradient of the micro-batches before/after."""
+        self.set_train_mode()
         self._set_oc_trainable(not self.freeze_oc_in_generator_step)
-        self.optimizer.zero_grad(set_to_none=True)
+        if zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             losses, maps, onehot = self.poc_losses(batch["image"], batch["label"])
         self.scaler.scale(losses["loss"]).backward()
-        self.scaler.step(self.optimizer)
+        if update:
+            self.scaler.step(self.optimizer)
         self._erase_from = (maps.detach(), onehot)
         return {k: v.detach() for k, v in losses.items()}
 
-    def oc_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def oc_step(self, batch: dict[str, torch.Tensor], update: bool = True) -> torch.Tensor:
         """λ_noc · cls(oc(x_hard), y) added to the oc's pending gradient (the CSE term's, from
-        the generator steps since the last oc step), one oc optimiser step, then the oc's
-        gradient is cleared. The generator gets no gradient (the mask is computed from
-        detached maps and the generator is not in this optimiser)."""
+        the generator steps since the last oc step), one oc optimiser step (unless ``update``
+        is off: a micro-batch before the last), then the oc's gradient is cleared. The
+        generator gets no gradient (the mask is computed from detached maps and the
+        generator is not in this optimiser)."""
         images, labels = batch["image"], batch["label"]
         maps, onehot = self._erase_from
         keep = hard_keep_mask(maps, onehot, images.shape[-2:], self.options["noc_threshold"])
@@ -157,9 +158,10 @@ class PnocTrainer(PocTrainer):
                 logits, _ = self.oc(images * keep.to(images.dtype))
                 noc = self.cls_loss(logits, labels)
             self.scaler.scale(self.noc_lambda() * noc).backward()
-            self._average_oc_gradients()
-            self.scaler.step(self.oc_optimizer)
-            self.oc_optimizer.zero_grad(set_to_none=True)
+            if update:
+                self._average_oc_gradients()
+                self.scaler.step(self.oc_optimizer)
+                self.oc_optimizer.zero_grad(set_to_none=True)
         finally:
             self._set_oc_trainable(not self.freeze_oc_in_generator_step)
         return noc.detach()
@@ -175,12 +177,24 @@ class PnocTrainer(PocTrainer):
                 p.grad.div_(self.world_size)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Generator step, then (every ``noc_every`` steps) oc step; one scaler update for both."""
+        """Generator step, then (every ``noc_every`` steps) oc step; one scaler update for both.
+
+        With ``accumulate`` > 1, as ``train_pnoc.py`` accumulates: per micro-batch the
+        generator's and then the oc's backward, their gradients adding up; each optimiser
+        steps after its backward of the last micro-batch. Logged losses: the micro-batches' mean."""
         self.set_lr(self.global_step)
-        losses = self.generator_step(batch)
         oc_turn = self.global_step % self.noc_every == 0
-        if oc_turn:
-            losses["noc"] = self.oc_step(batch)
+        parts = self.micro_batches(batch)
+        losses: dict[str, torch.Tensor] = {}
+        for k, part in enumerate(parts):
+            last = k == len(parts) - 1
+            part_losses = self.generator_step(part, zero_grad=k == 0, update=last)
+            if oc_turn:
+                part_losses["noc"] = self.oc_step(part, update=last)
+            for name, value in part_losses.items():
+                losses[name] = (
+                    value if len(parts) == 1 else losses.get(name, 0.0) + value.float() / len(parts)
+                )
         scale = self.scaler.get_scale() if self.scaler.is_enabled() and not oc_turn else None
         self.scaler.update()
         if scale is not None and self.scaler.get_scale() != scale:
