@@ -213,3 +213,17 @@ def test_ewc_fisher_normalisation_and_penalty_match_the_authors():
     # the former global normalisation gives a different (smaller) penalty on the same inputs
     former = ewc_penalty(model, fisher.normalized(scope="global"), anchor, lam=1.0)
     assert former.item() < 0.7 * _PENALTY
+
+
+def test_fisher_updated_once_per_step_is_the_former_rule_and_differs():
+    # `fisher_update: step` (one update from each step's complete gradient) leaves more of
+    # F₀ = 1 in F after 2 steps than the authors' 4 micro-batch updates do
+    model, batches = _tiny_model(), _batches()
+    fisher = FisherDiagonal()
+    for step in range(2):
+        model.zero_grad()
+        for x, y in batches[2 * step : 2 * step + 2]:
+            (F.cross_entropy(model(x), y) / 2).backward()
+        fisher.update(model)
+    assert fisher.updates == 2
+    assert fisher.fisher["0.weight"].sum().item() > 10 * _FISHER_SUM["0.weight"]

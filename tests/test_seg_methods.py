@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from wsss.data import build_dataset
 from wsss.io import IGNORE, WsssError, save_label
 from wsss.seg import SegTrainConfig, train_seg
+from wsss.seg.losses import FisherDiagonal, segmentation_loss, size_balanced_switch_iter
 from wsss.seg.train import build_seg_trainer
 
 
@@ -51,9 +53,10 @@ def test_size_balanced_switches_at_half_and_resumes_exactly_across_the_switch(vo
     straight = build_seg_trainer(ds, tmp_path / "straight", config(labels), "size-balanced", progress=False)
     straight.train()
     rows = log(tmp_path / "straight")
-    # 4 steps: CE for steps 1–2 (Fisher accumulated), size-weighted CE + EWC for steps 3–4
+    # 4 steps: CE for steps 1–2 (Fisher updated after each of their 2 micro-batches),
+    # size-weighted CE + EWC for steps 3–4
     assert [bool(r.get("ewc")) for r in rows] == [False, False, True, True]
-    assert straight.fisher.updates == 2
+    assert straight.fisher.updates == 4
     assert float(rows[2]["ewc"]) == pytest.approx(0.0, abs=1e-6)  # θ = θ_A at the switch
     assert float(rows[3]["ewc"]) > 0.0  # and grows as the weights move away
     resumed_cfg = config(labels, stop_after_steps=3, checkpoint_every=3)
@@ -71,8 +74,8 @@ def test_ewc_term_counts_once_per_micro_batch(voc_like, labels, tmp_path):
     gradients = {}
 
     def run(penalty_key: str, accumulate: int) -> dict[str, torch.Tensor]:
-        trainer = build_seg_trainer(ds, tmp_path / f"{penalty_key}{accumulate}", config(labels, accumulate=accumulate),
-                                    "ce", progress=False)  # fmt: skip
+        cfg = config(labels, accumulate=accumulate, msc_scales=[1.0])
+        trainer = build_seg_trainer(ds, tmp_path / f"{penalty_key}{accumulate}", cfg, "ce", progress=False)
         trainer.model.load_state_dict(first.model.state_dict())
         head = dict(trainer.model.named_parameters())[last_name]
 
@@ -89,7 +92,7 @@ def test_ewc_term_counts_once_per_micro_batch(voc_like, labels, tmp_path):
         trainer.train_step({"image": images, "seg_label": target})
         return gradients[(penalty_key, accumulate)]
 
-    first = build_seg_trainer(ds, tmp_path / "init", config(labels), "ce", progress=False)
+    first = build_seg_trainer(ds, tmp_path / "init", config(labels, msc_scales=[1.0]), "ce", progress=False)
     last_name = [n for n, p in first.model.named_parameters() if p.requires_grad][-1]
     g = torch.Generator().manual_seed(0)
     images = torch.randn(4, 3, 48, 48, generator=g)
@@ -99,3 +102,63 @@ def test_ewc_term_counts_once_per_micro_batch(voc_like, labels, tmp_path):
     once = run("ewc", 2) - run("other", 2)  # same data gradient; differs by (2 − 1)·∇penalty
     torch.testing.assert_close(once, penalty_grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(run("ewc", 1), run("other", 1), rtol=0, atol=0)  # one micro-batch: no change
+
+
+def _reference_fisher(model, batch, accumulate: int, per_micro_batch: bool) -> dict[str, torch.Tensor]:
+    """The authors' loop (main_ewc.py, task A): zero the gradients, then per micro-batch
+    backpropagate the CE summed over the network's outputs divided by the accumulation count
+    and update the Fisher from the gradient accumulated so far (``regularizer.update()``)."""
+    fisher = FisherDiagonal()
+    model.zero_grad(set_to_none=True)
+    for images, target in zip(
+        batch["image"].chunk(accumulate), batch["seg_label"].chunk(accumulate), strict=True
+    ):
+        (segmentation_loss(model(images), target, "ce") / accumulate).backward()
+        if per_micro_batch:
+            fisher.update(model)
+    if not per_micro_batch:
+        fisher.update(model)
+    return fisher.fisher
+
+
+@pytest.mark.parametrize("fisher_update", ["micro-batch", "step"])
+def test_fisher_is_updated_after_every_micro_batch_like_the_authors(
+    voc_like, labels, tmp_path, fisher_update
+):
+    ds = build_dataset("synthetic", voc_like, "train")
+    cfg = config(labels, accumulate=2, crop_size=32, method_options={"fisher_update": fisher_update})
+    trainer = build_seg_trainer(ds, tmp_path / "run", cfg, "size-balanced", progress=False)
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "image": torch.randn(4, 3, 32, 32, generator=g),
+        "seg_label": torch.randint(0, 4, (4, 32, 32), generator=g),
+    }
+    trainer.set_train_mode()  # frozen BatchNorm in eval mode, as in the authors' loop
+    reference = copy.deepcopy(trainer.model)
+    trainer.train_step(batch)
+    expected = _reference_fisher(reference, batch, 2, per_micro_batch=fisher_update == "micro-batch")
+    assert trainer.fisher.updates == (2 if fisher_update == "micro-batch" else 1)
+    assert sorted(trainer.fisher.fisher) == sorted(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(trainer.fisher.fisher[name], value, rtol=1e-4, atol=1e-12)
+
+
+def test_task_b_starts_after_switch_iter_steps(voc_like, labels, tmp_path):
+    # main_ewc.py trains task A for iterations 1..ewc_iter; run.sh uses --ewc_iter 15000 of 30000
+    assert size_balanced_switch_iter(30000) == 15000
+    assert size_balanced_switch_iter(30000, 1000) == 1000
+    ds = build_dataset("synthetic", voc_like, "train")
+    cfg = config(labels, crop_size=32, msc_scales=[1.0], method_options={"switch_iter": 1})
+    trainer = build_seg_trainer(ds, tmp_path / "sb", cfg, "size-balanced", progress=False)
+    stages = []
+    for step in range(trainer.total_steps):
+        trainer.global_step = step
+        stages.append(trainer.in_ewc_stage)
+    assert stages == [False, True, True, True]
+    for bad in (0, 4, 1.5):
+        with pytest.raises(WsssError, match="switch_iter must be an integer in"):
+            build_seg_trainer(ds, tmp_path / "x", config(labels, method_options={"switch_iter": bad}),
+                              "size-balanced", progress=False)  # fmt: skip
+    with pytest.raises(WsssError, match="fisher_update must be one of"):
+        build_seg_trainer(ds, tmp_path / "x", config(labels, method_options={"fisher_update": "epoch"}),
+                          "size-balanced", progress=False)  # fmt: skip

@@ -310,7 +310,10 @@ WORKER = WORKER_PRELUDE + textwrap.dedent(
     train_set = build_dataset("synthetic", data_root, "train")
     base = dict(backbone="resnet18", head="deeplab-v3plus", head_options={"channels": 16}, crop_size=48,
                 batch_size=4, accumulate=2, epochs=2, optimizer="adamw", labels=str(labels), num_workers=0,
-                log_every=1, checkpoint_every=1000)
+                log_every=1, checkpoint_every=1000,
+                # BatchNorm trained, so that its running statistics are checked to stay in sync
+                output_stride=16, msc_scales=[1.0], batchnorm="train", bias_lr_mult=1, bias_weight_decay=True,
+                lr_decay_every=1)
     record = {"written": written, "runs": {}}
     for name, extra in (("straight", {}), ("resumed", {"stop_after_steps": 1, "checkpoint_every": 1}),
                         ("resumed", {})):

@@ -759,8 +759,16 @@ def seg_predict(
     out: Annotated[Path, typer.Option(help="Folder for <id>.png predictions.")],
     dataset: DataKind = "synthetic",
     split: Split = "val",
-    scales: Annotated[str, typer.Option(help="TTA scales, comma-separated.")] = "0.5,0.75,1.0,1.25,1.5",
-    flip: Annotated[bool, typer.Option(help="Add horizontally flipped inputs.")] = True,
+    scales: Annotated[
+        str | None,
+        typer.Option(
+            help="TTA scales, comma-separated (default: the model's procedure; see docs/methods.md §4.4)."
+        ),
+    ] = None,
+    flip: Annotated[
+        bool | None,
+        typer.Option("--flip/--no-flip", help="Add horizontally flipped inputs (default: the model's)."),
+    ] = None,
     crf: Annotated[bool, typer.Option(help="Dense CRF on the averaged probabilities.")] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, … (default: cuda if available).")] = None,
@@ -773,7 +781,8 @@ def seg_predict(
 
     _out_dir("--out", out)
     _device("--device", device)
-    scale_list, shard_ = _floats(scales, "--scales", positive=True), parse_shard(shard)
+    scale_list = None if scales is None else _floats(scales, "--scales", positive=True)
+    shard_ = parse_shard(shard)
     ds = _dataset(data, dataset, split)
     predict_seg(ds, model, out, scales=scale_list, flip=flip, crf=crf, shard=shard_,
                 device=device, batch_size=batch_size, progress=not quiet, force=force)  # fmt: skip

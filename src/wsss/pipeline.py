@@ -85,7 +85,8 @@ DEFAULTS: dict[str, Any] = {
         "labels": None,
         "methods": ["ce"],  # losses: ce | size-weighted | size-balanced, one network each
         "train": {},  # SegTrainConfig fields
-        "predict": {"scales": [0.75, 1.0, 1.25], "flip": True, "crf": False, "batch_size": 8},
+        # scales/flip null: the model's own test procedure (seed 004's for a multi-scale DeepLab-V2)
+        "predict": {"scales": None, "flip": None, "crf": False, "batch_size": 8},
         "splits": ["val", "val_balanced"],
     },
 }
@@ -540,7 +541,8 @@ class Pipeline:
         for split in self.cfg["seg"]["splits"]:
             ds = self.dataset(split)
             pred = predict_seg(ds, model, self.out / "seg" / method / "pred" / split,
-                               scales=tuple(pcfg["scales"]), flip=bool(pcfg["flip"]), crf=bool(pcfg["crf"]),
+                               scales=None if pcfg["scales"] is None else tuple(pcfg["scales"]),
+                               flip=None if pcfg["flip"] is None else bool(pcfg["flip"]), crf=bool(pcfg["crf"]),
                                batch_size=int(pcfg["batch_size"]),
                                progress=self.progress)  # fmt: skip
             info = {"split": split, "method": method, "labels": self.cfg["seg"]["labels"]}

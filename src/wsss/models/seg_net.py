@@ -1,15 +1,25 @@
 """The segmentation network of stage 4 (docs/methods.md §4) and its on-disk form (safetensors + json).
 
-SegNet = timm backbone (last stage dilated, output stride 16) + a registered head
-(:mod:`wsss.models.seg_heads`); the head's logits are upsampled bilinearly to the input, so
-losses and inference work on full-resolution label maps. The backbone is built with only
-the levels the head reads, found from the levels' strides (a weightless "meta" build of the
-backbone lists them), so the same head works on any timm CNN.
+SegNet = timm backbone (dilated to the configured output stride) + a registered head
+(:mod:`wsss.models.seg_heads`). Two forward modes:
+
+* single scale (``msc_scales`` None or [1.0]): the head's logits are upsampled bilinearly
+  to the input, so losses and inference work on full-resolution label maps;
+* multi-scale inputs (DeepLab-V2 as seed 004's code runs it, e.g. [1.0, 0.5, 0.75]): the
+  input is also resized by each further scale, every pass's logits stay at the network's
+  stride, and their pixel-wise max is taken at the 1.0 pass's size. Training returns
+  every pass's logits then the fused ones (the loss scores each against a label shrunk to
+  its size); eval returns the fused logits, which the caller upsamples to the image.
+
+The backbone is built with only the levels the head reads, found from the levels' strides
+(a weightless "meta" build of the backbone lists them), so the same head works on any
+timm CNN.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +38,14 @@ from wsss.models.cam_net import (
 )
 from wsss.models.seg_heads import build_seg_head, resolve_head_options, seg_head_class
 
-__all__ = ["SegNet", "backbone_level_strides", "load_seg_model", "save_seg_model"]
+__all__ = [
+    "SegNet",
+    "backbone_level_strides",
+    "check_msc_scales",
+    "load_seg_model",
+    "multi_scale_logits",
+    "save_seg_model",
+]
 
 MODEL_FORMAT = "wsss-segnet-1"
 
@@ -48,6 +65,49 @@ def backbone_level_strides(name: str, output_stride: int = 16) -> list[int]:
     return [int(level["reduction"]) for level in probe.feature_info.info]
 
 
+def check_msc_scales(scales: Sequence[float] | None) -> tuple[float, ...]:
+    """Normalised multi-scale-input scales; () means one pass upsampled to the input."""
+    if scales is None:
+        return ()
+    try:
+        values = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise WsssError(f"msc_scales must be a list of numbers, got {scales!r}") from None
+    if values == (1.0,):
+        return ()
+    if not values or values[0] != 1.0 or min(values) <= 0 or len(set(values)) != len(values):
+        raise WsssError(
+            f"msc_scales must start with 1.0 (the pass whose size the fusion takes) and list distinct "
+            f"positive scales, got {list(scales)}"
+        )
+    return values
+
+
+def multi_scale_logits(
+    base: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scales: Sequence[float]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(each pass's logits, their pixel-wise max at the first pass's size) for inputs ``x``
+    resized by ``scales`` (the first must be 1.0: ``x`` itself).
+
+    The resizing repeats seed 004's DeepLab-V2 wrapper exactly: ``F.interpolate`` with
+    ``scale_factor`` (size floor(H·s), sampling positions from s itself), bilinear,
+    align_corners False; each smaller map is brought to the 1.0 map's size the same way and
+    ``torch.max`` picks the fused value (its gradient goes to one pass per pixel, as there).
+    """
+    outputs = [
+        base(
+            x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        )
+        for scale in scales
+    ]
+    size = outputs[0].shape[-2:]
+    aligned = [
+        o if o.shape[-2:] == size else F.interpolate(o, size=size, mode="bilinear", align_corners=False)
+        for o in outputs
+    ]
+    return outputs, torch.max(torch.stack(aligned), dim=0).values
+
+
 class SegNet(nn.Module):
     def __init__(
         self,
@@ -58,9 +118,11 @@ class SegNet(nn.Module):
         weights: str | os.PathLike | None = None,
         output_stride: int = 16,
         head_options: dict[str, Any] | None = None,
+        msc_scales: Sequence[float] | None = None,
     ):
         """``num_classes`` counts every label-map class, background included (unlike
-        :class:`~wsss.models.cam_net.CamNet`, which counts the foreground ones)."""
+        :class:`~wsss.models.cam_net.CamNet`, which counts the foreground ones).
+        ``msc_scales``: see the module docstring (None or [1.0]: single scale)."""
         super().__init__()
         if num_classes < 2:
             raise WsssError(
@@ -70,6 +132,7 @@ class SegNet(nn.Module):
         self.num_classes = num_classes
         self.head_name = head
         self.output_stride = output_stride
+        self.msc_scales = check_msc_scales(msc_scales)
         self.head_options = resolve_head_options(head, head_options)
         strides = backbone_level_strides(backbone, output_stride)
         self.levels = tuple(int(i) for i in seg_head_class(head).feature_levels(strides, self.head_options))
@@ -79,9 +142,22 @@ class SegNet(nn.Module):
             head, self.backbone.feature_info.channels(), num_classes, self.head_options
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits B×K×H×W at the input's size."""
-        logits = self.head(self.backbone(x))
+    @property
+    def multi_scale(self) -> bool:
+        return bool(self.msc_scales)
+
+    def strided_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits at the head's stride (one pass, no resizing)."""
+        return self.head(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Single scale: logits B×K×H×W at the input's size. Multi-scale inputs: in training
+        the list [each scale's logits…, fused], in eval the fused logits at the 1.0 pass's
+        (strided) size."""
+        if self.multi_scale:
+            outputs, fused = multi_scale_logits(self.strided_logits, x, self.msc_scales)
+            return [*outputs, fused] if self.training else fused
+        logits = self.strided_logits(x)
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits
@@ -98,6 +174,7 @@ class SegNet(nn.Module):
             "head": self.head_name,
             "head_options": self.head_options,
             "output_stride": self.output_stride,
+            "msc_scales": list(self.msc_scales) or [1.0],
         }
 
 
@@ -121,6 +198,7 @@ def load_seg_model(path_or_dir: str | os.PathLike, device: str | torch.device | 
             meta["head"],
             output_stride=int(meta.get("output_stride", 16)),
             head_options=meta.get("head_options"),
+            msc_scales=meta.get("msc_scales"),  # absent in older models: single scale
         )
     except WsssError as e:
         raise WsssError(f"{meta_path}: cannot rebuild the network ({e})") from None

@@ -1,6 +1,7 @@
 """Stage 4: training and running the segmentation network on the pseudo labels
 (``train``: SegTrainer on the CAM training base; ``methods``: the loss variants;
-``predict``: multi-scale + flip inference, optional CRF).
+``predict``: the network's own fused multi-scale logits or scale + flip inference,
+optional CRF).
 
 ``wsss.seg.losses`` holds the training losses: plain CE, seed 004's size-weighted CE
 (connected components of the pseudo label, on the label tensor itself) and the

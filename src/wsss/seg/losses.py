@@ -21,8 +21,10 @@ the text conversion):
   outputs (DeepLab-V2's multi-scale logits), the loss is the sum over outputs, each
   against the label nearest-downsampled to its size (PIL-style centre sampling), with
   the weights computed on that downsampled label.
-* Size-balanced: task A = plain CE, updating a Fisher diagonal ``F ← 0.9·g² + 0.1·F``
-  (F₀ = 1, g = the current CE gradient); then task B = size-weighted CE +
+* Size-balanced: task A (the first half of the iterations, as the authors' ``run.sh``:
+  ``--ewc_iter 15000`` of 30000) = plain CE, updating a Fisher diagonal
+  ``F ← 0.9·g² + 0.1·F`` after every micro-batch's backward (F₀ = 1, g = the CE gradient
+  accumulated so far in the iteration); then task B = size-weighted CE +
   ``λ·Σ F̂·(θ − θ_A)²`` with θ_A the weights at the switch, F̂ = F min-max normalised per
   parameter tensor (``(F − min)/(max − min + 1e-8)``), λ = 500, the penalty added once
   per micro-batch (not divided by the accumulation count).
@@ -344,14 +346,26 @@ def _single_output_loss(
     return (weights * pixel_loss).sum() / total_weight
 
 
-def size_balanced_switch_iter(total_iters: int) -> int:
-    """First iteration of task B: the first half of training is plain CE (task A)."""
+def size_balanced_switch_iter(total_iters: int, switch_iter: int | None = None) -> int:
+    """First (0-based) iteration of task B; task A = the ``switch_iter`` iterations before it.
+
+    Default: half of training, as the authors' released run does (``run.sh``:
+    ``--ewc_iter 15000`` of ``ITER_MAX: 30000``; their script flags task B after 1-based
+    iteration ``ewc_iter``, i.e. from 0-based ``ewc_iter`` on; its CLI default is 1000).
+    """
     if total_iters < 2:
         raise ValueError(f"size-balanced training needs at least 2 iterations, got {total_iters}")
-    return total_iters // 2
+    if switch_iter is None:
+        return total_iters // 2
+    if isinstance(switch_iter, bool) or int(switch_iter) != switch_iter or not 1 <= switch_iter < total_iters:
+        raise ValueError(
+            f"switch_iter must be an integer in [1, {total_iters - 1}] (the task-A steps of "
+            f"{total_iters}), got {switch_iter!r}"
+        )
+    return int(switch_iter)
 
 
-def pixel_loss_kind(kind: str, iteration: int, total_iters: int) -> str:
+def pixel_loss_kind(kind: str, iteration: int, total_iters: int, switch_iter: int | None = None) -> str:
     """The pixel loss ("ce" or "size-weighted") that iteration ``iteration`` (0-based) trains with.
 
     For "size-balanced", iterations before :func:`size_balanced_switch_iter` are task A
@@ -362,7 +376,7 @@ def pixel_loss_kind(kind: str, iteration: int, total_iters: int) -> str:
         raise ValueError(f"loss kind must be one of {LOSS_KINDS}, got {kind!r}")
     if kind != "size-balanced":
         return kind
-    return "ce" if iteration < size_balanced_switch_iter(total_iters) else "size-weighted"
+    return "ce" if iteration < size_balanced_switch_iter(total_iters, switch_iter) else "size-weighted"
 
 
 # --------------------------------------------------------------------------- EWC
@@ -406,11 +420,14 @@ class FisherDiagonal:
         self.updates = 0
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, grad_scale: float = 1.0) -> None:
+        """One update from ``param.grad / grad_scale`` (``grad_scale``: an fp16 loss scale)."""
         for name, param in trainable_parameters(model):
             if param.grad is None:
                 continue
             grad = param.grad.detach().float()
+            if grad_scale != 1.0:
+                grad = grad / grad_scale
             current = self.fisher.get(name)
             if current is None:
                 current = torch.full_like(grad, self.initial)

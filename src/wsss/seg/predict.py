@@ -1,11 +1,17 @@
-"""Stage 4 inference: multi-scale + flip segmentation → label PNGs ``<id>.png`` (0 background, VOC palette).
+"""Stage 4 inference: segmentation → label PNGs ``<id>.png`` (0 background, VOC palette).
 
-For each scale × {identity, h-flip}: resize the image (bilinear), forward, softmax, flip
+A network with multi-scale inputs (DeepLab-V2 as seed 004 trains it) returns logits fused
+over its own scales at its stride; they are upsampled bilinearly (align_corners False) to
+the image, softmaxed and argmaxed — the authors' test procedure (``main_ewc.py test``:
+the whole image, no flip, no further scales), the default for such a model.
+
+Otherwise (or with explicit ``scales``/``flip``), for each scale × {identity, h-flip}:
+resize the image (bilinear), forward, upsample the logits to that input, softmax, flip
 back, resize the probabilities to the image, sum; the mean over the passes is a
-probability map, optionally refined by a dense CRF (:func:`wsss.pseudo.crf.crf_probs`,
-unary −log p), then argmax. docs/methods.md gives no test-time scales for the segmentation
-net; the default is DeepLab-V3+'s evaluation set up to 1.5. The flip pair and images of
-equal size go through the network as one batch.
+probability map. Either map is optionally refined by a dense CRF
+(:func:`wsss.pseudo.crf.crf_probs`, unary −log p), then argmax. For single-scale networks
+the default is DeepLab-V3+'s evaluation set up to 1.5, with flips. The flip pair and
+images of equal size go through the network as one batch.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -28,20 +35,46 @@ from wsss.io import (
     save_label,
     shard_list,
 )
-from wsss.models.cam_net import model_weights_path
-from wsss.models.seg_net import load_seg_model
+from wsss.models.cam_net import model_weights_path, read_model_meta
+from wsss.models.seg_net import MODEL_FORMAT, check_msc_scales, load_seg_model
 from wsss.pseudo.crf import CrfParams, crf_probs
 from wsss.stage import dataset_settings, stage_run
 
-__all__ = ["DEFAULT_SCALES", "predict_seg", "tta_probs"]
+__all__ = ["DEFAULT_SCALES", "SEG004_CRF_PARAMS", "default_tta", "predict_seg", "tta_probs"]
 
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+MSC_SCALES = (1.0,)  # a multi-scale-input network does its own scales (seed 004 tests that way)
+# the dense CRF of seed 004's ``main_ewc.py crf`` (configs/voc12_deeplabv2.yaml CRF section):
+# Gaussian sxy 1 × 3, bilateral sxy 67 / srgb 3 × 4, 10 iterations. Not reproduced: their
+# unary clips p at 1e-5 (here 1e-8), and their pairwise image is the mean-subtracted BGR
+# array cast to uint8 (negative values wrap), not the RGB image
+SEG004_CRF_PARAMS = CrfParams(
+    gauss_sxy=1.0, gauss_compat=3.0, bi_sxy=67.0, bi_srgb=3.0, bi_compat=4.0, iterations=10
+)
+
+
+def default_tta(multi_scale: bool) -> tuple[tuple[float, ...], bool]:
+    """(scales, flip) when the caller gives none: the whole image once, no flip, for a network
+    with multi-scale inputs (the authors' test); else DEFAULT_SCALES with flips."""
+    return (MSC_SCALES, False) if multi_scale else (DEFAULT_SCALES, True)
+
+
+def logits_at_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's logits upsampled bilinearly (align_corners False) to the input's size;
+    a single-scale SegNet already returns them at that size (no resize)."""
+    logits = model(x).float()
+    if logits.shape[-2:] != x.shape[-2:]:
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return logits
 
 
 def tta_probs(model: nn.Module, images: torch.Tensor, scales: Sequence[float], flip: bool) -> torch.Tensor:
     """Class probabilities B×K×H×W of normalised images B×3×H×W: the softmax averaged over
-    scales × flips, each pass taken back to the image's frame and size."""
-    total, passes = tta_sum(lambda x: torch.softmax(model(x).float(), dim=1), images, scales, flip)
+    scales × flips, each pass taken back to the image's frame and size. One unflipped pass
+    at scale 1 is the plain softmax of the logits upsampled to the image."""
+    if tuple(scales) == (1.0,) and not flip:
+        return torch.softmax(logits_at_input(model, images), dim=1)
+    total, passes = tta_sum(lambda x: torch.softmax(logits_at_input(model, x), dim=1), images, scales, flip)
     return total / passes
 
 
@@ -49,8 +82,8 @@ def predict_seg(
     dataset: Dataset,
     model_path: str | os.PathLike,
     out_dir: str | os.PathLike,
-    scales: Sequence[float] = DEFAULT_SCALES,
-    flip: bool = True,
+    scales: Sequence[float] | None = None,
+    flip: bool | None = None,
     crf: bool = False,
     crf_params: CrfParams | None = None,
     shard: tuple[int, int] | str | None = None,
@@ -62,11 +95,17 @@ def predict_seg(
 ) -> Path:
     """Write ``out_dir/<id>.png`` for ``ids`` (default: the whole split); returns ``out_dir``.
 
+    ``scales``/``flip`` None: the model's own test procedure (:func:`default_tta`).
     Existing outputs are skipped (resume); the model (sha256), scales, flip and CRF
     settings are pinned in ``settings.json`` so a rerun with others cannot mix outputs;
     ``shard=(i, N)``/``"i/N"`` takes every N-th id from the i-th (default: RANK/WORLD_SIZE).
     """
     out_dir = Path(out_dir)
+    if scales is None or flip is None:
+        _, meta = read_model_meta(model_path, MODEL_FORMAT, "segmentation")
+        default_scales, default_flip = default_tta(bool(check_msc_scales(meta.get("msc_scales"))))
+        scales = default_scales if scales is None else scales
+        flip = default_flip if flip is None else flip
     scales = tuple(float(s) for s in scales)
     if not scales or min(scales) <= 0:
         raise WsssError(f"{out_dir}: scales must be a non-empty list of positive numbers, got {scales}")

@@ -31,8 +31,9 @@ from wsss.config import check_field_types
 from wsss.data.base import Dataset
 from wsss.io import IGNORE, WsssError, image_size, load_label
 from wsss.models.seg_heads import resolve_head_options
-from wsss.models.seg_net import SegNet, save_seg_model
+from wsss.models.seg_net import SegNet, check_msc_scales, save_seg_model
 from wsss.pseudo.affinity import augment_with_label
+from wsss.seg.losses import segmentation_loss
 
 __all__ = [
     "SEG_METHODS",
@@ -56,14 +57,24 @@ _CAM_ONLY = {"oc": None, "saliency": None, "label_smoothing": 0.0}
 class SegTrainConfig(CamTrainConfig):
     """Stage-4 hyper-parameters; YAML in/out like :class:`CamTrainConfig`, whose fields it shares.
 
-    Defaults are docs/methods.md §4's DeepLab-V2 recipe: ResNet-101, SGD lr 2.5e-4 (head ×10),
-    momentum 0.9, wd 5e-4, poly 0.9, batch 10 as 5 × 2 accumulation, crop 321, scale
-    0.5–1.5 + flip; 19 epochs ≈ its 20k iterations on VOC's 10,582 train_aug images. That
-    recipe assumes ImageNet/COCO weights (``pretrained`` or ``weights``).
+    Defaults are docs/methods.md §4's DeepLab-V2 recipe as seed 004's code runs it
+    (Cheolhyun-Mun/wsss_small_object_matters@629dd2c, ``main.py``/``main_ewc.py``):
+    ResNet-101 at output stride 8, multi-scale inputs 1.0/0.5/0.75 max-fused at the 1.0
+    pass's size (``msc_scales``; [1.0] = one pass, logits upsampled to the crop), SGD lr
+    2.5e-4 for the backbone, head weights ×10 and head biases ×20 without weight decay
+    (``head_lr_mult`` 10 × ``bias_lr_mult`` 2, ``bias_weight_decay`` off: the backbone has
+    no biases but BatchNorm's), BatchNorm frozen (``batchnorm: frozen``: eval mode, affine
+    parameters not trained), momentum 0.9, wd 5e-4, poly 0.9, batch 10 as 5 × 2
+    accumulation, crop 321, scale 0.5–1.5 + flip; 19 epochs ≈ its 20k iterations on VOC's
+    10,582 train_aug images, the poly LR recomputed every 10 steps (``lr_decay_every``).
+    That recipe assumes ImageNet/COCO weights (``pretrained`` or ``weights``). The previous
+    defaults were ``output_stride: 16, msc_scales: [1.0], bias_lr_mult: 1,
+    bias_weight_decay: true, batchnorm: train, lr_decay_every: 1``.
 
     From scratch on the ``demo`` dataset (128-px synthetic images) use ``backbone:
     resnet18, head: deeplab-v2, optimizer: adamw`` (lr 1e-3, head ×10), ``crop_size: 128,
-    batch_size: 16, accumulate: 1, scale_range: [0.75, 1.25], weight_decay: 1e-4`` and
+    batch_size: 16, accumulate: 1, scale_range: [0.75, 1.25], weight_decay: 1e-4`` with
+    the previous single-scale settings above (frozen BatchNorm cannot learn from scratch) and
     3–6 epochs (~1.3 min each for 2000 images on a busy 2-core CPU, one thread). On 800
     demo images × 4 epochs this gave val mIoU 16.8 vs 10.5 for SGD 0.01 and 12.4 for V3+.
 
@@ -83,6 +94,12 @@ class SegTrainConfig(CamTrainConfig):
     head_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     accumulate: int = 2
     labels: str | None = None
+    output_stride: int = 8
+    msc_scales: tuple[float, ...] = (1.0, 0.5, 0.75)  # [1.0]: one pass, logits upsampled to the crop
+    bias_lr_mult: float | None = 2.0  # head biases at 10 × 2 = 20 × lr (Caffe's lr_mult)
+    bias_weight_decay: bool | None = False
+    batchnorm: str | None = "frozen"  # the pretrained statistics and affine parameters are kept
+    lr_decay_every: int = 10  # the poly LR is recomputed every this many steps (the authors' LR_DECAY)
 
     def __post_init__(self) -> None:
         if self.lr is None and self.optimizer in SEG_DEFAULT_LR:
@@ -105,6 +122,17 @@ class SegTrainConfig(CamTrainConfig):
             )
         if not isinstance(self.head_options, dict):
             problems.append(f"head_options must be a mapping, got {self.head_options!r}")
+        if (
+            isinstance(self.lr_decay_every, bool)
+            or not isinstance(self.lr_decay_every, int)
+            or self.lr_decay_every < 1
+        ):
+            problems.append(f"lr_decay_every must be an integer >= 1, got {self.lr_decay_every!r}")
+        try:
+            self.msc_scales = tuple(float(v) for v in self.msc_scales)  # type: ignore[assignment]
+            check_msc_scales(self.msc_scales)
+        except (WsssError, TypeError, ValueError) as e:
+            problems.append(str(e))
         if problems:
             raise WsssError("SegTrainConfig: " + "; ".join(problems))
         try:
@@ -236,18 +264,30 @@ class SegTrainer(CamTrainer):
             c.weights,
             c.output_stride,
             c.head_options,
+            c.msc_scales,
         )
+
+    def lr_factor(self, step: int) -> float:
+        """The poly factor held for ``lr_decay_every`` steps: the authors' PolynomialLR only
+        recomputes the LR at multiples of LR_DECAY (10), the staircase the recipe ran."""
+        return super().lr_factor(step - step % self.config.lr_decay_every)
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.compute_loss(self.train_model(batch["image"]), batch)
 
-    def compute_loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Losses of one (micro-)batch from the logits (B×K×S×S); the total under ``"loss"``.
+    def compute_loss(
+        self, logits: torch.Tensor | list[torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Losses of one (micro-)batch from the logits (B×K×S×S, or the list of multi-scale
+        outputs); the total under ``"loss"``.
 
         Mean CE over the labelled pixels; a crop with none gives 0 (not NaN) so that one
-        all-ignore crop cannot poison the weights.
+        all-ignore crop cannot poison the weights. Multi-scale outputs: the sum over outputs
+        of that mean, each against the label nearest-shrunk to its size (seed 004's code).
         """
         target = batch["seg_label"]
+        if not isinstance(logits, torch.Tensor):
+            return {"loss": segmentation_loss(logits, target, "ce")}
         total = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="sum")
         labelled = (target != IGNORE).sum().clamp(min=1)
         return {"loss": total / labelled}
@@ -255,6 +295,11 @@ class SegTrainer(CamTrainer):
     def on_gradients(self) -> None:  # noqa: B027  (optional hook)
         """Called once per optimiser step with the step's complete gradients (every
         micro-batch, averaged over ranks, unscaled under fp16), before the update."""
+
+    def on_micro_batch_gradients(self, grad_scale: float) -> None:  # noqa: B027  (optional hook)
+        """Called after each micro-batch's backward with the gradients accumulated so far in
+        this step (this rank's only, before the last micro-batch under DDP); they are
+        multiplied by ``grad_scale`` (the fp16 loss scale, else 1)."""
 
     def micro_batches(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         """The batch split into ``accumulate`` equal parts along the first dimension."""
@@ -271,7 +316,7 @@ class SegTrainer(CamTrainer):
     def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """One optimisation step: forward/backward each micro-batch (the loss scaled by
         1/accumulate, so gradients are those of the mean), then one update."""
-        self.train_model.train()
+        self.set_train_mode()
         self.set_lr(self.global_step)
         self.optimizer.zero_grad(set_to_none=True)
         parts = self.micro_batches(batch)
@@ -294,6 +339,7 @@ class SegTrainer(CamTrainer):
                 once = sum((losses[k] for k in PER_MICRO_BATCH_TERMS if k in losses), torch.zeros(()))
                 once = once.to(losses["loss"].device)
                 self.scaler.scale((losses["loss"] - once) / len(parts) + once).backward()
+            self.on_micro_batch_gradients(float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0)
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + value.detach().float() / len(parts)
         self.scaler.unscale_(self.optimizer)
