@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from parity_fixtures import H, W, textured_regions_image
 
 from wsss.pseudo.affinity import classic_affinity_label, saliency_affinity_label
 
 pytest.importorskip("pydensecrf.densecrf")
 
-H, W = 20, 28
 KEYS = np.array([3, 7])  # 1-based ids of the image's two classes
 
 IRN_CLASSIC = [
@@ -68,12 +68,7 @@ PNOC_SALIENCY = [
 def fixture() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image (three regions of close colours with a texture), two max-normalised CAMs and a
     saliency map in k/255 steps."""
-    i, j, c = np.meshgrid(np.arange(H), np.arange(W), np.arange(3), indexing="ij")
-    image = np.zeros((H, W, 3), np.int64)
-    image[:, :14] = (120, 100, 90)
-    image[:, 14:] = (100, 110, 120)
-    image[6:14, 4:10] = (95, 125, 95)
-    image = np.clip(image + (i * i * 7 + j * j * 13 + i * j * 3 + c * 5) % 61 - 30, 0, 255).astype(np.uint8)
+    image = textured_regions_image()
     ii, jj = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
     cam1 = np.exp(-((ii - 10) ** 2 + (jj - 7) ** 2) / 30.0)
     cam2 = np.exp(-((ii - 5) ** 2 + (jj - 21) ** 2) / 40.0) * 0.9 + 0.03 * ((ii * jj) % 3)

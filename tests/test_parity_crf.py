@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from parity_fixtures import H, W, textured_regions_image
 
 from wsss.pseudo.crf import crf_labels
 
 pytest.importorskip("pydensecrf.densecrf")
 
-H, W = 20, 28
 
 # IRN's crf_inference_label(image, labels, t=10, n_labels=3); the 4-label run differs at (8, 5)
 EXPECTED_3 = [
@@ -46,12 +46,7 @@ EXPECTED_3 = [
 def fixture() -> tuple[np.ndarray, np.ndarray]:
     """Three regions of close colours with a deterministic texture; labels shifted off the
     regions and 2 in 5 of them replaced by another class."""
-    i, j, c = np.meshgrid(np.arange(H), np.arange(W), np.arange(3), indexing="ij")
-    image = np.zeros((H, W, 3), np.int64)
-    image[:, :14] = (120, 100, 90)
-    image[:, 14:] = (100, 110, 120)
-    image[6:14, 4:10] = (95, 125, 95)
-    image = np.clip(image + (i * i * 7 + j * j * 13 + i * j * 3 + c * 5) % 61 - 30, 0, 255).astype(np.uint8)
+    image = textured_regions_image()
     labels = np.zeros((H, W), np.int64)
     labels[:, 12:] = 2
     labels[5:15, 3:11] = 1

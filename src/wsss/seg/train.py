@@ -301,18 +301,6 @@ class SegTrainer(CamTrainer):
         this step (this rank's only, before the last micro-batch under DDP); they are
         multiplied by ``grad_scale`` (the fp16 loss scale, else 1)."""
 
-    def micro_batches(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """The batch split into ``accumulate`` equal parts along the first dimension."""
-        n = self.config.accumulate
-        if n == 1:
-            return [batch]
-        parts: list[dict[str, Any]] = [{} for _ in range(n)]
-        for key, value in batch.items():
-            chunks = value.tensor_split(n) if isinstance(value, torch.Tensor) else [value] * n
-            for part, chunk in zip(parts, chunks, strict=True):
-                part[key] = chunk
-        return parts
-
     def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """One optimisation step: forward/backward each micro-batch (the loss scaled by
         1/accumulate, so gradients are those of the mean), then one update."""
