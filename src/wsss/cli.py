@@ -878,6 +878,35 @@ def balance(
     typer.echo(f"subset list: {summary['list']}")
 
 
+@app.command()
+def stats(
+    data: DataRoot,
+    dataset: DataKind = "synthetic",
+    split: Split = "train",
+    stride: Annotated[
+        int, typer.Option(help="CAM output stride: instance sizes in CAM cells are area / stride².", min=1)
+    ] = 16,
+    bounds: Annotated[
+        str | None, typer.Option(help="Small,medium instance area bounds in px (default: the dataset's).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the statistics as JSON.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Objects and classes per image, object sizes (IA-mIoU buckets, CAM cells), co-occurrence and
+    background share of a split, next to PASCAL VOC 2012's published figures."""
+    from wsss.data.stats import dataset_statistics, format_statistics, voc_reference
+    from wsss.io import write_json, write_run_json
+
+    _out_file("--json", json_out)
+    b = None if bounds is None else _bounds(bounds, "--bounds")
+    res = dataset_statistics(_dataset(data, dataset, split), stride=stride, bounds=b, progress=not quiet)
+    typer.echo(format_statistics(res))
+    if json_out:
+        write_json(json_out, {**res, "voc_2012_train": voc_reference()})
+        record = {"data": data, "dataset": dataset, "split": split, "stride": stride, "bounds": res["bounds"]}
+        write_run_json(json_out.parent, "stats", record, name=f"{json_out.stem}.run.json")
+
+
 # ---------------------------------------------------------------------------- whole pipeline
 @app.command()
 def run(
