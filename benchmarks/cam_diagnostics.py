@@ -29,6 +29,9 @@ import numpy as np
 from tqdm import tqdm
 
 from wsss.data import build_dataset
+from wsss.data.synthetic import SynthConfig, _make_classes
+from wsss.data.synthetic.generator import _generate_image
+from wsss.data.synthetic.splits import scaled_size_bounds
 from wsss.io import load_cam
 
 TAUS = (0.1, 0.2, 0.3, 0.5)
@@ -61,6 +64,30 @@ def pair_rows(cam: np.ndarray, keys: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return rows
 
 
+SCENE_COLUMNS = ("part", "body_without_part", "context_stuff", "distractors", "part_area_share")
+
+
+def scene_rows(cam: np.ndarray, keys: np.ndarray, scene) -> np.ndarray:
+    """Per class of ``keys``: the shares of Σ A_c on its instances' visible parts, on the rest
+    of their bodies, on all context stuff and on the distractors, and the parts' share of
+    the class's pixels (what the mass shares compare with)."""
+    rows = np.full((len(keys), len(SCENE_COLUMNS)), np.nan)
+    stuff = np.any(scene.stuff, axis=0) if scene.stuff else np.zeros(scene.gt.shape, bool)
+    distractors = np.any(scene.distractors, axis=0) if scene.distractors else np.zeros(scene.gt.shape, bool)
+    for row, (key, a) in enumerate(zip(keys, cam.astype(np.float64), strict=True)):
+        own = scene.gt == key
+        part = np.zeros(own.shape, bool)
+        for k, c in enumerate(scene.instance_classes):
+            if c == key:
+                part |= scene.parts[k]
+        total = a.sum()
+        if total <= 0 or not own.any():
+            continue
+        rows[row] = [a[part].sum() / total, a[own & ~part].sum() / total, a[stuff].sum() / total,
+                     a[distractors].sum() / total, part.sum() / own.sum()]  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True)
@@ -69,19 +96,29 @@ def main() -> None:
     parser.add_argument("--cams", required=True, help="folder of <id>.npz (or any layout load_cam reads)")
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--scenes", action="store_true", help="synthetic data: part / body / stuff / distractors"
+    )
     args = parser.parse_args()
 
     ds = build_dataset(args.dataset, args.data, args.split)
     ids = ds.select_ids()[: args.max_images]
     info_file = Path(args.data) / "dataset.json"
     context_classes: set[int] = set()
+    info: dict = {}
     if info_file.is_file():
         info = json.loads(info_file.read_text())
         names = info.get("class_names", [])
         context_classes = {names.index(n) for n in info.get("context", {}) if n in names}
+    if args.scenes:
+        if info.get("kind") != "synthetic" or info.get("shapes"):
+            parser.error("--scenes needs a synthetic dataset made with procedural shapes")
+        cfg = SynthConfig(**info["config"])
+        classes = _make_classes(cfg, int(info["seed"]), None)
+        small_bound = scaled_size_bounds(cfg.height, cfg.width)[0]
 
     small, medium = ds.ia_bounds
-    rows, many, with_context, areas = [], [], [], []
+    rows, many, with_context, areas, scenes = [], [], [], [], []
     for image_id in tqdm(ids, desc="cam diagnostics", unit="img"):
         gt = ds.gt(image_id)
         if gt is None:
@@ -93,6 +130,12 @@ def main() -> None:
         many += [len(keys) > 1] * len(keys)
         with_context += [int(k) in context_classes for k in keys]
         areas += [int((gt == k).sum()) for k in keys]
+        if args.scenes:
+            split, index = image_id.rsplit("_", 1)
+            scene, _ = _generate_image(int(info["seed"]), split, int(index), cfg, classes, small_bound)
+            if not np.array_equal(scene.gt, gt):
+                raise SystemExit(f"{image_id}: the regenerated scene differs from the dataset's label map")
+            scenes.append(scene_rows(cam, keys, scene))
     table = np.concatenate(rows)
     many_mask, context_mask = np.array(many), np.array(with_context)
     groups = {"all pairs": np.ones(len(table), bool), "one-class images": ~many_mask,
@@ -111,6 +154,15 @@ def main() -> None:
         means = np.nanmean(table[mask], axis=0) if mask.any() else np.full(len(COLUMNS), np.nan)
         result[name] = {"pairs": int(mask.sum()), **dict(zip(COLUMNS, map(float, means), strict=True))}
         print(name.ljust(30) + "".join(f"{v:15.3f}" for v in means))
+    if args.scenes:
+        scene_table = np.concatenate(scenes)
+        print("\nwhere on the scene".ljust(31) + "".join(c.rjust(19) for c in SCENE_COLUMNS))
+        for name, mask in groups.items():
+            means = (
+                np.nanmean(scene_table[mask], axis=0) if mask.any() else np.full(len(SCENE_COLUMNS), np.nan)
+            )
+            result[name].update(dict(zip(SCENE_COLUMNS, map(float, means), strict=True)))
+            print(name.ljust(30) + "".join(f"{v:19.3f}" for v in means))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 

@@ -87,6 +87,7 @@ class _Scene:
     distractors: list[np.ndarray]  # visible masks
     stuff: list[np.ndarray]  # visible masks
     context_shown: list[tuple[str, bool]]  # (stuff name, shown together with its class)
+    parts: list[np.ndarray] = field(default_factory=list)  # visible discriminative part of instance k+1
 
 
 def _choose_instances(rng: np.random.Generator, cfg: SynthConfig, num_classes: int) -> np.ndarray:
@@ -212,4 +213,5 @@ def _make_scene(rng: np.random.Generator, cfg: SynthConfig, classes: list[_Class
     gt[band] = IGNORE
     inst = ids.copy()
     inst[band] = IGNORE
-    return _Scene(image, gt, inst, ids, [o.class_index + 1 for o in objects], distractors, stuff, shown)
+    parts = [o.part & (ids == k) & ~band for k, o in enumerate(objects, start=1)]
+    return _Scene(image, gt, inst, ids, [o.class_index + 1 for o in objects], distractors, stuff, shown, parts)
