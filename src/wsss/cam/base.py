@@ -41,14 +41,8 @@ from wsss.cam.recipes import (
 from wsss.config import check_field_types
 from wsss.data.base import Dataset
 from wsss.io import WsssError, atomic_path, atomic_write_text, write_run_json
-from wsss.models.cam_net import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    CamNet,
-    model_weights_path,
-    resolve_device,
-    save_cam_model,
-)
+from wsss.models.cam_net import CamNet, model_weights_path, resolve_device, save_cam_model
+from wsss.models.pretrained import weights_normalisation
 from wsss.stage import dataset_settings, stage_run
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -78,6 +72,11 @@ class CamTrainConfig:
     1e-3). ``batch_size`` is per optimiser step and process; ``accumulate`` splits it into
     that many micro-batches whose gradients add up (P-NOC's accumulation). Set
     ``crop_size`` near the image size: small images are zero-padded up to it.
+
+    ``pretrained`` starts from ImageNet weights: offline from an installed package for
+    ``tf_efficientnet_lite0``–``2`` (:mod:`wsss.models.pretrained`), timm's download otherwise;
+    ``weights`` from a local checkpoint instead. ``mean``/``std`` left unset follow those
+    weights (0.5/0.5 for EfficientNet-Lite; ImageNet's for ResNets and from scratch).
     """
 
     backbone: str = "resnet50"
@@ -108,8 +107,9 @@ class CamTrainConfig:
     batchnorm: str | None = None  # "train" | "frozen-stats" | "frozen"
     freeze_stem: bool | None = None
     detach_stage: int | None = None
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    # None: what the starting weights expect (wsss.models.pretrained.weights_normalisation)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     seed: int = 0
     amp: str = "bf16"  # "bf16" | "fp16" | "none"; autocast is used on CUDA only
     channels_last: bool = False
@@ -129,6 +129,7 @@ class CamTrainConfig:
 
     def __post_init__(self) -> None:
         self._fill_from_recipe()
+        self._fill_normalisation()
         self.scale_range = tuple(float(s) for s in self.scale_range)  # type: ignore[assignment]
         self.long_side_range = tuple(int(s) for s in self.long_side_range)  # type: ignore[assignment]
         self.color_jitter = tuple(float(s) for s in self.color_jitter)  # type: ignore[assignment]
@@ -189,6 +190,15 @@ class CamTrainConfig:
         for name in unset:
             setattr(self, name, values[name])
         self._unset_by_user = frozenset(unset)
+
+    def _fill_normalisation(self) -> None:
+        """``mean``/``std`` left at None follow the starting weights (0.5/0.5 for the
+        EfficientNet-Lite ones, ImageNet's for ResNets and from scratch); the resolved values
+        are what the run records and the saved model's json carries to inference."""
+        if self.mean is None or self.std is None:
+            mean, std = weights_normalisation(self.backbone, self.pretrained, self.weights)
+            self.mean = mean if self.mean is None else self.mean
+            self.std = std if self.std is None else self.std
 
     def for_method(self, method: str) -> CamTrainConfig:
         """This config with ``recipe: auto`` resolved to ``method``'s authors' recipe (the

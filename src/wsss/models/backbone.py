@@ -29,19 +29,24 @@ def build_backbone(
     """(timm feature extractor returning the list of maps of ``out_indices`` — by default
     [last map] —, their total channel count).
 
-    ``pretrained`` fetches timm's weights (needs network); ``weights`` loads a local
-    ``.pth``/``.pt``/``.safetensors`` file instead. Neither: random init.
+    ``pretrained``: ImageNet weights — from an installed package for the backbones of
+    :data:`wsss.models.pretrained.PACKAGED_WEIGHTS` (offline), else timm's download (needs
+    network). ``weights`` loads a local ``.pth``/``.pt``/``.safetensors`` file instead (a
+    classifier checkpoint of the same architecture: its head is ignored). Neither: random init.
     """
     import timm
 
+    from wsss.models.pretrained import PACKAGED_WEIGHTS, packaged_state_dict, packaged_weights
+
     if pretrained and weights is not None:
         raise WsssError(f"{weights}: give either pretrained=True or a local weights file, not both")
+    packaged = packaged_state_dict(name) if pretrained and packaged_weights(name) else None
     try:
         body = timm.create_model(
             name,
             features_only=True,
             output_stride=output_stride,
-            pretrained=pretrained,
+            pretrained=pretrained and packaged is None,
             out_indices=out_indices,
         )
     except RuntimeError as e:
@@ -52,10 +57,13 @@ def build_backbone(
         raise WsssError(f"{name}: backbone does not support output_stride={output_stride} ({e})") from None
     except OSError as e:  # download failures (no network, HF hub errors derive from OSError)
         raise WsssError(
-            f"{name}: cannot fetch pretrained weights ({e}); pass weights=PATH for a local checkpoint"
+            f"{name}: cannot fetch pretrained weights ({e}); pass weights=PATH for a local checkpoint, "
+            f"or use a backbone whose weights install as a package ({', '.join(sorted(PACKAGED_WEIGHTS))})"
         ) from None
+    if packaged is not None:
+        load_state_into(body, packaged, f"{name} (packaged weights)", name)
     if weights is not None:
-        load_backbone_weights(body, weights)
+        load_backbone_weights(body, weights, name)
     return body, int(sum(body.feature_info.channels()))
 
 
@@ -89,12 +97,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_backbone_weights(body: nn.Module, path: str | os.PathLike) -> None:
-    """Load a local checkpoint into ``body``; classifier heads and other extra keys are ignored,
-    but every backbone tensor must be present with the right shape."""
+def load_backbone_weights(body: nn.Module, path: str | os.PathLike, name: str = "") -> None:
+    """Load a local checkpoint into ``body`` (the backbone ``name``, for messages): classifier
+    heads and other extra keys are ignored, but every backbone tensor must be present with the
+    right shape."""
     path = Path(path)
-    state = read_state_dict(path)
+    load_state_into(body, read_state_dict(path), str(path), name)
+
+
+def load_state_into(body: nn.Module, state: dict[str, torch.Tensor], source: str, name: str = "") -> None:
+    """Fill every tensor of ``body`` from ``state`` (extra keys ignored); anything missing or
+    of the wrong shape is one error line naming ``source``."""
     target = body.state_dict()
+    what = f"backbone {name}" if name else "the backbone"
     # Checkpoints from DDP, our CamNet or other toolkits prefix the keys; pick the prefix that fits best.
     best_prefix, best_hits = "", -1
     for prefix in _KEY_PREFIXES:
@@ -102,10 +117,13 @@ def load_backbone_weights(body: nn.Module, path: str | os.PathLike) -> None:
         if hits > best_hits:
             best_prefix, best_hits = prefix, hits
     if best_hits == 0:
-        raise WsssError(f"{path}: no tensor matches the backbone (e.g. expected {next(iter(target))!r})")
+        raise WsssError(f"{source}: no tensor matches {what} (e.g. expected {next(iter(target))!r})")
     missing = [k for k in target if best_prefix + k not in state]
     if missing:
-        raise WsssError(f"{path}: {len(missing)} backbone tensors missing, e.g. {missing[:3]}")
+        raise WsssError(
+            f"{source}: does not fit {what}: {len(missing)} of its {len(target)} tensors missing, "
+            f"e.g. {missing[:3]}"
+        )
     wrong = [
         f"{k} {tuple(state[best_prefix + k].shape)} vs {tuple(v.shape)}"
         for k, v in target.items()
@@ -113,6 +131,6 @@ def load_backbone_weights(body: nn.Module, path: str | os.PathLike) -> None:
     ]
     if wrong:
         raise WsssError(
-            f"{path}: {len(wrong)} tensors have the wrong shape for this backbone, e.g. {wrong[:3]}"
+            f"{source}: does not fit {what}: {len(wrong)} tensors have the wrong shape, e.g. {wrong[:3]}"
         )
     body.load_state_dict({k: state[best_prefix + k] for k in target}, strict=True)

@@ -19,9 +19,8 @@ from torch import nn
 
 from wsss.io import WsssError, read_json, write_json
 from wsss.models.backbone import build_backbone
+from wsss.models.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MODEL_FORMAT = "wsss-camnet-1"
 
 
