@@ -214,4 +214,6 @@ def _make_scene(rng: np.random.Generator, cfg: SynthConfig, classes: list[_Class
     inst = ids.copy()
     inst[band] = IGNORE
     parts = [o.part & (ids == k) & ~band for k, o in enumerate(objects, start=1)]
-    return _Scene(image, gt, inst, ids, [o.class_index + 1 for o in objects], distractors, stuff, shown, parts)
+    return _Scene(
+        image, gt, inst, ids, [o.class_index + 1 for o in objects], distractors, stuff, shown, parts
+    )
