@@ -17,7 +17,7 @@ from skimage import data
 from wsss.cam.base import CamTrainConfig, train_cam
 from wsss.data import build_dataset
 from wsss.io import WsssError, read_json
-from wsss.models import CamNet, build_backbone, load_cam_model
+from wsss.models import CamNet, build_backbone, load_cam_model, save_cam_model
 from wsss.models.pretrained import (
     HALF,
     IMAGENET_MEAN,
@@ -87,6 +87,28 @@ def test_pretrained_backbone_is_loaded_offline_and_equals_the_full_models_trunk(
     assert torch.equal(
         body.state_dict()["conv_stem.weight"], lite0_classifier.state_dict()["conv_stem.weight"]
     )
+
+
+def test_head_conv_cam_is_the_map_the_imagenet_classifier_pools(offline, lite0_classifier, tmp_path):
+    # head_conv: stem, blocks, 1×1 head conv + BN + ReLU6 → the 1,280-channel map whose global
+    # average the ImageNet fc reads; at output stride 32 its pooled logits are the classifier's own.
+    net = CamNet(LITE0, 3, pretrained=True, output_stride=32, head_conv=True).double().eval()
+    classifier = lite0_classifier.double()
+    x = torch.stack([_normalised(data.chelsea(), 128), _normalised(data.coffee(), 128)]).double()
+    with torch.no_grad():
+        features = net.features(x)
+        pooled_logits = classifier.classifier(features.mean(dim=(2, 3)))
+        expected = classifier(x)
+    assert features.shape == (2, 1280, 4, 4) and features.min() >= 0  # after the activation
+    torch.testing.assert_close(pooled_logits, expected, rtol=0, atol=1e-9)
+    # the flag travels with the saved model, and other backbones are refused with one line
+    dilated = CamNet(LITE0, 3, pretrained=True, head_conv=True)
+    assert dilated.features(torch.zeros(1, 3, 64, 64)).shape == (1, 1280, 4, 4)  # output stride 16
+    save_cam_model(dilated, tmp_path / "m.safetensors")
+    assert read_json(tmp_path / "m.json")["head_conv"] is True
+    assert load_cam_model(tmp_path / "m.safetensors").head_conv
+    with pytest.raises(WsssError, match="head_conv needs an EfficientNet"):
+        build_backbone("resnet18", head_conv=True)
 
 
 def test_mean_and_std_follow_the_weights(tmp_path):

@@ -24,6 +24,12 @@ from wsss.data.synthetic import (
     select_balanced_subset,
     size_bucket,
 )
+from wsss.data.synthetic.textures import (
+    CLASS_TEXTURE_SOURCES,
+    SCENE_TEXTURE_SOURCES,
+    sample_texture,
+    texture_source,
+)
 from wsss.io import WsssError, load_saliency
 
 SPLITS = ("train", "val", "val_balanced")
@@ -208,6 +214,50 @@ def test_classes_differ_by_a_part_of_15_to_25_percent():
     colours = np.array([c.part_colour for c in classes])
     assert len(np.unique(colours, axis=0)) == 20
     assert len({int(i) for c in classes for i in c.preferred_colours}) < 3 * 20
+
+
+def test_sample_texture_is_a_turned_crop_of_its_source():
+    source = np.random.default_rng(1).random((40, 50)).astype(np.float32)
+    turned = [np.rot90(source, k)[:, ::-1] if f else np.rot90(source, k) for k in range(4) for f in (0, 1)]
+
+    def windows(zoom: int, h: int, w: int) -> list[np.ndarray]:
+        """Every h×w patch of every turn, box-averaged zoom×zoom: INTER_AREA at an integer factor."""
+        out = []
+        for t in turned:
+            for y in range(t.shape[0] - h * zoom + 1):
+                for x in range(t.shape[1] - w * zoom + 1):
+                    crop = t[y : y + h * zoom, x : x + w * zoom].astype(np.float64)
+                    out.append(crop.reshape(h, zoom, w, zoom).mean(axis=(1, 3)))
+        return out
+
+    rng = np.random.default_rng(0)
+    for zoom in (1, 2):
+        for _ in range(3):
+            patch = sample_texture(rng, source, 7, 9, float(zoom))
+            assert patch.shape == (7, 9)
+            assert min(np.abs(patch - w).max() for w in windows(zoom, 7, 9)) < 1e-6
+    big = sample_texture(rng, source, 30, 45, 3.0, stretch=1.5)  # larger than the source: tiled
+    assert big.shape == (30, 45) and source.min() <= big.min() and big.max() <= source.max()
+
+
+def test_classes_own_natural_textures_and_textures_leave_the_layout_alone(tmp_path):
+    for name in (*CLASS_TEXTURE_SOURCES, *SCENE_TEXTURE_SOURCES):  # all ship inside installed packages
+        tex = texture_source(name)
+        assert tex.ndim == 2 and min(tex.shape) >= 100, name
+        assert abs(float(tex.mean())) < 0.05 and abs(float(tex.std()) - 1) < 1e-3, name
+    classes = _make_classes(SynthConfig(num_classes=20), 0, None)
+    assert len({c.texture_source for c in classes[:16]}) == 16  # one source per class up to 16
+    assert all(c.texture_stretch == 1.0 for c in classes[:16])
+    assert all(c.texture_stretch > 1.0 for c in classes[16:])  # reused sources look different
+    # the textures are drawn after the layout: same ground truth, other pixels
+    flat = generate(
+        tmp_path / "flat", "tiny", seed=0, progress=False, body_texture_strength=0, scene_texture_strength=0
+    )
+    textured = generate(tmp_path / "textured", "tiny", seed=0, progress=False)
+    a, b = build_dataset("synthetic", flat, "train"), build_dataset("synthetic", textured, "train")
+    for i in a.ids[:10]:
+        assert np.array_equal(a.gt(i), b.gt(i)) and np.array_equal(a.instances(i), b.instances(i))
+        assert not np.array_equal(a.image(i), b.image(i))
 
 
 def test_context_stuff_follows_its_class(tiny):

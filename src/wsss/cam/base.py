@@ -83,6 +83,7 @@ class CamTrainConfig:
     pretrained: bool = False
     weights: str | None = None
     output_stride: int = 16
+    head_conv: bool = False  # EfficientNets: CAM from the head conv's map (models.backbone)
     recipe: str = "auto"  # a name in wsss.cam.recipes.RECIPES, or "auto": the method's authors' recipe
     epochs: int | None = None
     batch_size: int | None = None
@@ -329,7 +330,9 @@ class CamTrainer(abc.ABC):
     def build_models(self) -> None:
         """Create ``self.model`` (the network whose weights are the stage's output)."""
         c = self.config
-        self.model = CamNet(c.backbone, self.num_classes, c.pretrained, c.weights, c.output_stride)
+        self.model = CamNet(
+            c.backbone, self.num_classes, c.pretrained, c.weights, c.output_stride, head_conv=c.head_conv
+        )
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Backbone at ``lr``, head at ``lr × head_lr_mult`` (the newly initialised layer learns

@@ -128,7 +128,13 @@ class SaliencyCamTrainer(CamTrainer):
     def build_models(self) -> None:
         c = self.config
         self.model = CamNet(
-            c.backbone, self.num_classes, c.pretrained, c.weights, c.output_stride, background_map=True
+            c.backbone,
+            self.num_classes,
+            c.pretrained,
+            c.weights,
+            c.output_stride,
+            background_map=True,
+            head_conv=c.head_conv,
         )
 
     def saliency_loss(self, maps: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:

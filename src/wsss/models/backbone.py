@@ -25,9 +25,15 @@ def build_backbone(
     weights: str | os.PathLike | None = None,
     output_stride: int = 16,
     out_indices: tuple[int, ...] = (-1,),
+    head_conv: bool = False,
 ) -> tuple[nn.Module, int]:
     """(timm feature extractor returning the list of maps of ``out_indices`` — by default
     [last map] —, their total channel count).
+
+    ``head_conv`` (EfficientNets): the last map is the one the ImageNet classifier pools —
+    after its 1×1 head conv, BatchNorm and activation (1,280 channels for Lite0) — rather
+    than the last block's linear bottleneck, whose output has no activation and carries
+    a large per-image offset into every class map.
 
     ``pretrained``: ImageNet weights — from an installed package for the backbones of
     :data:`wsss.models.pretrained.PACKAGED_WEIGHTS` (offline), else timm's download (needs
@@ -41,14 +47,28 @@ def build_backbone(
     if pretrained and weights is not None:
         raise WsssError(f"{weights}: give either pretrained=True or a local weights file, not both")
     packaged = packaged_state_dict(name) if pretrained and packaged_weights(name) else None
+    if head_conv and tuple(out_indices) != (-1,):
+        raise WsssError(f"{name}: head_conv gives the last map only (out_indices {out_indices})")
     try:
-        body = timm.create_model(
-            name,
-            features_only=True,
-            output_stride=output_stride,
-            pretrained=pretrained and packaged is None,
-            out_indices=out_indices,
-        )
+        if head_conv:
+            body = _HeadConvFeatures(
+                timm.create_model(
+                    name,
+                    num_classes=0,
+                    global_pool="",
+                    output_stride=output_stride,
+                    pretrained=pretrained and packaged is None,
+                ),
+                name,
+            )
+        else:
+            body = timm.create_model(
+                name,
+                features_only=True,
+                output_stride=output_stride,
+                pretrained=pretrained and packaged is None,
+                out_indices=out_indices,
+            )
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise WsssError(f"{name}: unknown timm backbone ({e})") from None
@@ -64,7 +84,30 @@ def build_backbone(
         load_state_into(body, packaged, f"{name} (packaged weights)", name)
     if weights is not None:
         load_backbone_weights(body, weights, name)
+    if head_conv:
+        return body, body.num_features
     return body, int(sum(body.feature_info.channels()))
+
+
+class _HeadConvFeatures(nn.Module):
+    """An EfficientNet-style timm classifier up to its head conv (stem, blocks, 1×1 head
+    conv + BN + activation), returning [that map]; the parameter names are timm's own, so
+    ImageNet checkpoints load unchanged."""
+
+    def __init__(self, model: nn.Module, name: str):
+        super().__init__()
+        parts = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")
+        if not all(isinstance(getattr(model, p, None), nn.Module) for p in parts):
+            raise WsssError(
+                f"{name}: head_conv needs an EfficientNet-style backbone (conv_stem … conv_head, bn2)"
+            )
+        for p in parts:
+            setattr(self, p, getattr(model, p))
+        self.num_features = int(model.num_features)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.blocks(self.bn1(self.conv_stem(x)))
+        return [self.bn2(self.conv_head(x))]
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -33,9 +33,11 @@ class CamNet(nn.Module):
         weights: str | os.PathLike | None = None,
         output_stride: int = 16,
         background_map: bool = False,
+        head_conv: bool = False,
     ):
         """``num_classes`` counts the C foreground classes; ``background_map`` adds one more
-        output map (last) for methods that model the background explicitly."""
+        output map (last) for methods that model the background explicitly; ``head_conv``
+        takes the CAM from an EfficientNet's head conv (:func:`build_backbone`)."""
         super().__init__()
         if num_classes < 1:
             raise WsssError(f"{backbone}: num_classes must be >= 1, got {num_classes}")
@@ -43,7 +45,10 @@ class CamNet(nn.Module):
         self.num_classes = num_classes
         self.output_stride = output_stride
         self.background_map = background_map
-        self.backbone, self.feature_channels = build_backbone(backbone, pretrained, weights, output_stride)
+        self.head_conv = head_conv
+        self.backbone, self.feature_channels = build_backbone(
+            backbone, pretrained, weights, output_stride, head_conv=head_conv
+        )
         num_maps = num_classes + 1 if background_map else num_classes
         self.classifier = nn.Conv2d(self.feature_channels, num_maps, kernel_size=1, bias=False)
         nn.init.xavier_uniform_(self.classifier.weight)
@@ -78,6 +83,8 @@ class CamNet(nn.Module):
         }
         if self.background_map:  # absent in older files: they are C-map models
             meta["background_map"] = True
+        if self.head_conv:  # absent in older files
+            meta["head_conv"] = True
         return meta
 
 
@@ -155,6 +162,7 @@ def load_cam_model(path_or_dir: str | os.PathLike, device: str | torch.device | 
         int(meta["num_classes"]),
         output_stride=int(meta.get("output_stride", 16)),
         background_map=bool(meta.get("background_map", False)),
+        head_conv=bool(meta.get("head_conv", False)),
     )
     try:
         state = load_file(str(weights_path), device="cpu")

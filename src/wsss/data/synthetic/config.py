@@ -41,6 +41,15 @@ class SynthConfig:
         noise_std: Gaussian pixel noise, in 0..255 units (5).
         ignore_band: width in pixels of the 255 band drawn around objects, on the side
             of the lower layer (background or occluded object), as in VOC (1; 0 = none).
+        body_texture_strength: contrast of the natural texture on object bodies (0.35; a
+            relative modulation of the body colour). Each class owns a texture source
+            (gravel, bricks, fur, coffee beans, ...: ``textures.CLASS_TEXTURE_SOURCES``) at
+            its own zoom; 0 gives the flat cartoon bodies of the datasets made before textures
+            (with scene_texture_strength=0, byte for byte).
+        texture_specificity: probability that a body shows its own class's texture rather
+            than another class's (0.8).
+        scene_texture_strength: amplitude, in 0..255 units, of the structure of a scene
+            photograph laid over the background (18; 0 = procedural backgrounds only).
     """
 
     height: int = 128
@@ -64,6 +73,9 @@ class SynthConfig:
     outline_prob: float = 0.6
     noise_std: float = 5.0
     ignore_band: int = 1
+    body_texture_strength: float = 0.35
+    texture_specificity: float = 0.8
+    scene_texture_strength: float = 18.0
 
 
 PRESETS: dict[str, SynthConfig] = {
@@ -138,10 +150,13 @@ def _validate(cfg: SynthConfig, seed: int, procedural: bool) -> None:
     if not 0 <= cfg.clutter_blobs[0] <= cfg.clutter_blobs[1]:
         raise bad(f"clutter_blobs {cfg.clutter_blobs} must satisfy 0 <= low <= high")
     for name in ("max_occlusion", "part_colour_specificity", "body_colour_specificity", "context_fraction",
-                 "context_prob", "spurious_context_prob", "outline_prob"):  # fmt: skip
+                 "context_prob", "spurious_context_prob", "outline_prob", "texture_specificity",
+                 "body_texture_strength"):  # fmt: skip
         if not 0 <= getattr(cfg, name) <= 1:
             raise bad(f"{name}={getattr(cfg, name)} outside 0..1")
     if cfg.max_occlusion >= 1:
         raise bad("max_occlusion must be < 1 (an object may not vanish)")
+    if cfg.scene_texture_strength < 0:
+        raise bad(f"scene_texture_strength={cfg.scene_texture_strength} must be >= 0")
     if cfg.distractor_rate < 0 or cfg.noise_std < 0 or not 0 <= cfg.ignore_band <= 8:
         raise bad("distractor_rate and noise_std must be >= 0, ignore_band in 0..8")

@@ -20,6 +20,7 @@ from wsss.data.synthetic.shapes import (
     _ClassDef,
     _fill,
 )
+from wsss.data.synthetic.textures import SCENE_TEXTURE_SOURCES, sample_texture, texture_source
 
 if TYPE_CHECKING:
     from wsss.data.synthetic.config import SynthConfig
@@ -80,6 +81,11 @@ def _background(rng: np.random.Generator, H: int, W: int, s: float, cfg: SynthCo
         else:
             tex = rng.uniform(6, 14) * rng.standard_normal((H, W)).astype(np.float32)
         img = img + tex[..., None] * tint
+    if cfg.scene_texture_strength > 0:  # the structure of a photographed scene
+        name = SCENE_TEXTURE_SOURCES[rng.integers(len(SCENE_TEXTURE_SOURCES))]
+        photo = sample_texture(rng, texture_source(name, high_pass=False), H, W, rng.uniform(1.0, 2.5) / s)
+        tint = rng.uniform(0.6, 1.2, size=3).astype(np.float32)
+        img = img + (cfg.scene_texture_strength * photo)[..., None] * tint
     for _ in range(rng.integers(cfg.clutter_blobs[0], cfg.clutter_blobs[1] + 1)):
         mask = _random_body_mask(rng, H, W, rng.uniform(0.005, 0.06) * H * W)
         colour = img[mask].mean(0) + rng.uniform(-45, 45, size=3) if mask.any() else _muted_colour(rng)
@@ -163,8 +169,10 @@ def _stuff_texture(rng: np.random.Generator, name: str, H: int, W: int, s: float
     raise ValueError(f"unknown stuff {name!r}")
 
 
-def _body_field(rng: np.random.Generator, cls: _ClassDef, cfg: SynthConfig, h: int, w: int) -> np.ndarray:
-    """Body colour with the class's (weakly class-dependent) texture, h×w×3."""
+def _body_field(
+    rng: np.random.Generator, cls: _ClassDef, classes: list[_ClassDef], cfg: SynthConfig, h: int, w: int
+) -> np.ndarray:
+    """Body colour with the class's cartoon pattern and natural texture, h×w×3."""
     if rng.random() < cfg.body_colour_specificity:
         colour = BODY_PALETTE[cls.preferred_colours[rng.integers(3)]]
     else:
@@ -187,6 +195,12 @@ def _body_field(rng: np.random.Generator, cls: _ClassDef, cfg: SynthConfig, h: i
         shade = shade * np.where(noise > 0.9, 0.68, 1.0)
     elif texture == "gradient":
         shade = shade * (1.2 - 0.45 * (proj - proj.min()) / (np.ptp(proj) + 1e-6))
+    if cfg.body_texture_strength > 0:
+        owner = cls if rng.random() < cfg.texture_specificity else classes[rng.integers(len(classes))]
+        s = min(cfg.height, cfg.width) / 128.0
+        zoom = owner.texture_zoom * rng.uniform(0.8, 1.25) / s
+        tex = sample_texture(rng, texture_source(owner.texture_source), h, w, zoom, owner.texture_stretch)
+        shade = shade * np.clip(1.0 + cfg.body_texture_strength * tex, 0.15, 2.0)
     return colour * shade[..., None]
 
 
@@ -231,7 +245,7 @@ def _render_object(
     body = m & ~part
     sub = img[box]
     cls = classes[o.class_index]
-    colour_field = _body_field(rng, cls, cfg, *m.shape)
+    colour_field = _body_field(rng, cls, classes, cfg, *m.shape)
     sub[body] = colour_field[body]
     if part.any():
         body_mean = colour_field[body].mean(0) if body.any() else colour_field.mean((0, 1))

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from wsss.data.synthetic.textures import CLASS_TEXTURE_SOURCES
 from wsss.io import WsssError
 
 if TYPE_CHECKING:
@@ -105,6 +106,9 @@ class _ClassDef:
     preferred_colours: np.ndarray
     part_colour: np.ndarray
     context: str | None
+    texture_source: str = ""  # natural body texture (textures.CLASS_TEXTURE_SOURCES)
+    texture_zoom: float = 1.0  # source pixels per image pixel at 128 px
+    texture_stretch: float = 1.0  # extra zoom along x (classes beyond the 16 sources)
 
 
 def _part_colour_table() -> np.ndarray:
@@ -143,6 +147,14 @@ def _make_classes(cfg: SynthConfig, seed: int, bank: dict[str, list[np.ndarray]]
                 context=context,
             )
         )
+    # natural textures draw from their own stream: every other draw stays what it was before them
+    tex_rng = _rng(seed, _STREAM_CLASSES, 1)
+    order = tex_rng.permutation(len(CLASS_TEXTURE_SOURCES))
+    for i, cls in enumerate(out):
+        cls.texture_source = CLASS_TEXTURE_SOURCES[order[i % len(order)]]
+        reuse = i // len(order)
+        cls.texture_zoom = float(tex_rng.uniform(1.5, 3.0)) * (1.8**reuse)
+        cls.texture_stretch = float(1.0 + reuse * tex_rng.uniform(1.0, 2.0))
     return out
 
 
