@@ -202,3 +202,20 @@ def test_a_pretrained_run_records_the_normalisation_its_model_is_used_with(offli
     assert (
         load_cam_model(path, device="cpu").meta_info["mean"] == [0.5] * 3
     )  # what CAM inference normalises with
+
+
+def test_efficientnet_stem_and_stages_freeze_as_resnets_do():
+    # freeze_stem + detach_stage=k on an EfficientNet: conv_stem/bn1 and blocks[0..k-1] stop
+    # learning (the cheap way to train Lite0 on a CPU: no backward through the early stages)
+    from wsss.cam.recipes import freeze_parts
+
+    net = CamNet(LITE0, 3, head_conv=True)
+    freeze_parts(net.backbone, "train", True, 4)
+    frozen = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks") else "")
+              for n, p in net.backbone.named_parameters() if not p.requires_grad}  # fmt: skip
+    assert frozen == {"conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3"}
+    logits, _ = net(torch.randn(2, 3, 64, 64))
+    logits.sum().backward()
+    grads = {n: p.grad for n, p in net.backbone.named_parameters()}
+    assert all(g is None for n, g in grads.items() if n.startswith(("conv_stem", "blocks.3")))
+    assert all(g is not None for n, g in grads.items() if n.startswith(("blocks.4", "conv_head")))

@@ -34,9 +34,10 @@ class Recipe:
     when ``bias_weight_decay`` is off. ``batchnorm``: "train" (ordinary), "frozen-stats"
     (running statistics fixed, affine parameters learn: IRN's FixedBatchNorm) or "frozen"
     (statistics and affine parameters fixed: P-NOC's "fix" mode). ``freeze_stem``: the
-    backbone's ``conv1``/``bn1`` take no gradient. ``detach_stage``: k > 0 detaches the
-    output of backbone stage ``layer<k>``, so that stage and everything before it stop
-    learning (IRN detaches stage 2; those parameters are marked frozen as well). ``resize``:
+    backbone's ``conv1``/``bn1`` (EfficientNets: ``conv_stem``/``bn1``) take no gradient.
+    ``detach_stage``: k > 0 detaches the output of backbone stage ``layer<k>`` (EfficientNets:
+    ``blocks[k-1]``, stages 1–7), so that stage and everything before it stop learning (IRN
+    detaches stage 2; those parameters are marked frozen as well). ``resize``:
     "scale" draws a factor in ``scale_range`` (bilinear); "long-side" draws the long side in
     ``long_side_range`` px, inclusive (PIL bicubic, IRN's ``random_resize_long``).
     ``color_jitter``: (brightness, contrast, saturation, hue) of torchvision's
@@ -216,26 +217,43 @@ def freeze_parts(backbone: nn.Module, batchnorm: str, freeze_stem: bool, detach_
         for m in batchnorm_modules(backbone):
             m.requires_grad_(False)
     if freeze_stem:
-        stem = [getattr(backbone, name, None) for name in ("conv1", "bn1")]
-        if any(s is None for s in stem):
+        stem = _stem(backbone)
+        if stem is None:
             warnings.warn(f"{type(backbone).__name__} has no conv1/bn1: freeze_stem ignored", stacklevel=2)
-        for s in stem:
-            if s is not None:
-                s.requires_grad_(False)
+        for s in stem or ():
+            s.requires_grad_(False)
     if detach_stage:
-        stage = getattr(backbone, f"layer{detach_stage}", None)
-        if stage is None:
+        stages = _stages(backbone)
+        if stages is None or detach_stage > len(stages):
             warnings.warn(
                 f"{type(backbone).__name__} has no layer{detach_stage}: detach_stage ignored", stacklevel=2
             )
         else:
-            stage.register_forward_hook(_detach_output)
+            stages[detach_stage - 1].register_forward_hook(_detach_output)
             # what feeds the detached output gets no gradient: mark it frozen, so that DDP does
             # not wait for gradients that never come (the update is the same: none)
-            for child in backbone.children():
-                child.requires_grad_(False)
-                if child is stage:
-                    break
+            for part in (*(_stem(backbone) or ()), *stages[:detach_stage]):
+                part.requires_grad_(False)
+
+
+def _stem(backbone: nn.Module) -> list[nn.Module] | None:
+    """The stem convolution and its norm: ResNets' conv1/bn1, EfficientNets' conv_stem/bn1."""
+    for names in (("conv1", "bn1"), ("conv_stem", "bn1")):
+        parts = [getattr(backbone, name, None) for name in names]
+        if all(isinstance(p, nn.Module) for p in parts):
+            return parts
+    return None
+
+
+def _stages(backbone: nn.Module) -> list[nn.Module] | None:
+    """The stages in order: ResNets' layer1…layer4, EfficientNets' blocks[0]…blocks[6]."""
+    layers = []
+    while isinstance(getattr(backbone, f"layer{len(layers) + 1}", None), nn.Module):
+        layers.append(getattr(backbone, f"layer{len(layers) + 1}"))
+    if layers:
+        return layers
+    blocks = getattr(backbone, "blocks", None)
+    return list(blocks) if isinstance(blocks, nn.Sequential) else None
 
 
 def _detach_output(_module: nn.Module, _inputs: Any, output: Any) -> Any:
