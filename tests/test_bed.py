@@ -169,7 +169,7 @@ def test_builtin_bed_demo_loads_and_dry_run_lists_nine_cells(tmp_path, monkeypat
     assert {c.method for c in bed.cells} == {"cam", "puzzle", "eps"} and len(bed.cells) == 9
     assert bed.sources == ["none", "poor", "good", "spectral-residual", "c2am-h"]
     cfg = bed.cells[0].config
-    assert set(cfg["saliency"]) == {"spectral-residual", "c2am-h"} and cfg["cam"]["train"]["epochs"] == 4
+    assert set(cfg["saliency"]) == {"spectral-residual", "c2am-h"} and cfg["cam"]["train"]["epochs"] == 3
     monkeypatch.chdir(tmp_path)
     proc = wsss_in_process("bed", "bed_demo", "--dry-run")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -9,7 +9,7 @@ from wsss.pipeline import load_run_config, tau_grid
 
 
 def test_builtin_configs_load_and_overrides_apply():
-    for name in ("demo", "tiny"):
+    for name in ("demo", "tiny", "cartoon"):
         cfg = load_run_config(name)
         assert cfg["data"]["kind"] == "synthetic" and cfg["cam"]["method"] == "cam"
     cfg = load_run_config(

@@ -399,4 +399,10 @@ def test_bad_config_values_are_reported(tmp_path):
         generate(tmp_path / "x", "tiny", num_classes=25)
     with pytest.raises(WsssError, match="part_area"):
         generate(tmp_path / "x", "tiny", part_area=[0.3, 0.1])
-    assert PRESETS["demo"].num_classes == 10 and PRESETS["demo"].height == 128
+    assert PRESETS["demo"].num_classes == 10 and PRESETS["demo"].height == 256
+    # the earlier demo lives on as `cartoon`: 128 px, flat bodies, smaller objects
+    cartoon = PRESETS["cartoon"]
+    assert (cartoon.height, cartoon.num_train, cartoon.min_object_area, cartoon.max_object_area) == (
+        128, 2000, 0.0025, 0.38,
+    )  # fmt: skip
+    assert cartoon.body_texture_strength == cartoon.scene_texture_strength == 0

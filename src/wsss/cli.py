@@ -910,7 +910,7 @@ def stats(
 # ---------------------------------------------------------------------------- whole pipeline
 @app.command()
 def run(
-    config: Annotated[str, typer.Argument(help="YAML config, or a built-in name (demo, tiny).")],
+    config: Annotated[str, typer.Argument(help="YAML config, or a built-in name (demo, tiny, cartoon).")],
     sets: Sets = None,
     out: Annotated[str | None, typer.Option(help="Run folder (overrides the config's `out`).")] = None,
     quiet: Quiet = False,

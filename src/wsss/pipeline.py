@@ -93,7 +93,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def load_run_config(source: str | Path | dict, overrides: list[str] | None = None) -> dict:
-    """A YAML path, a built-in name (``demo``, ``tiny``) or a dict → full config."""
+    """A YAML path, a built-in name (``demo``, ``tiny``, ``cartoon``) or a dict → full config."""
     if isinstance(source, dict):
         user = source
     elif Path(source).suffix in (".yaml", ".yml") or Path(source).is_file():

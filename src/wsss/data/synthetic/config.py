@@ -17,21 +17,23 @@ class SynthConfig:
     """Every knob of the generator. Areas are fractions of the image area.
 
     Attributes:
-        height, width: image size in pixels (default 128×128).
-        num_train, num_val: images per split (2000 / 500).
+        height, width: image size in pixels (default 256×256).
+        num_train, num_val: images per split (1000 / 300).
         num_classes: foreground classes, 1..20 for the procedural shapes (10); a shape
             bank sets its own count (one class per folder).
         max_classes_per_image: 1..k classes per image, P(k) ∝ 0.5^(k-1) (3).
         max_instances_per_image: instances per image, at least one per class (4).
         min_object_area, max_object_area: object areas are log-uniform in this range
-            (0.0025 ≈ 40 px and 0.38 of a 128×128 image).
+            (0.005 and 0.7 of the image: class area 15 % and background 74 % of the image,
+            against VOC's 17 % and 70 %; ``wsss stats`` prints both).
         max_occlusion: a later object may hide at most this fraction of an earlier one (0.5).
         part_area: range of the discriminative part's share of the object area (0.15-0.25).
         part_colour_specificity: probability that the part has its class's own colour;
             otherwise it takes the part colour of a random class (0.5). At 1.0 the colour
             alone identifies the class and CAMs shrink onto the part.
         body_colour_specificity: probability that the body colour comes from the class's
-            three preferred palette colours rather than the whole shared palette (0.5).
+            three preferred palette colours rather than the whole shared palette (1.0: like a
+            VOC class, an object's body says what it is).
         context_fraction: share of the classes that have a context "stuff" (0.5).
         context_prob: probability that such a class appears with its stuff (0.8).
         spurious_context_prob: probability per image of some stuff without its class (0.05).
@@ -41,30 +43,30 @@ class SynthConfig:
         noise_std: Gaussian pixel noise, in 0..255 units (5).
         ignore_band: width in pixels of the 255 band drawn around objects, on the side
             of the lower layer (background or occluded object), as in VOC (1; 0 = none).
-        body_texture_strength: contrast of the natural texture on object bodies (0.35; a
+        body_texture_strength: contrast of the natural texture on object bodies (0.6; a
             relative modulation of the body colour). Each class owns a texture source
             (gravel, bricks, fur, coffee beans, ...: ``textures.CLASS_TEXTURE_SOURCES``) at
             its own zoom; 0 gives the flat cartoon bodies of the datasets made before textures
             (with scene_texture_strength=0, byte for byte).
         texture_specificity: probability that a body shows its own class's texture rather
-            than another class's (0.8).
+            than another class's (1.0).
         scene_texture_strength: amplitude, in 0..255 units, of the structure of a scene
             photograph laid over the background (18; 0 = procedural backgrounds only).
     """
 
-    height: int = 128
-    width: int = 128
-    num_train: int = 2000
-    num_val: int = 500
+    height: int = 256
+    width: int = 256
+    num_train: int = 1000
+    num_val: int = 300
     num_classes: int = 10
     max_classes_per_image: int = 3
     max_instances_per_image: int = 4
-    min_object_area: float = 0.0025
-    max_object_area: float = 0.38
+    min_object_area: float = 0.005
+    max_object_area: float = 0.7
     max_occlusion: float = 0.5
     part_area: tuple[float, float] = (0.15, 0.25)
     part_colour_specificity: float = 0.5
-    body_colour_specificity: float = 0.5
+    body_colour_specificity: float = 1.0
     context_fraction: float = 0.5
     context_prob: float = 0.8
     spurious_context_prob: float = 0.05
@@ -73,18 +75,41 @@ class SynthConfig:
     outline_prob: float = 0.6
     noise_std: float = 5.0
     ignore_band: int = 1
-    body_texture_strength: float = 0.35
-    texture_specificity: float = 0.8
+    body_texture_strength: float = 0.6
+    texture_specificity: float = 1.0
     scene_texture_strength: float = 18.0
 
 
 PRESETS: dict[str, SynthConfig] = {
-    # seconds: for tests and the end-to-end smoke run
-    "tiny": SynthConfig(height=64, width=64, num_train=60, num_val=30, num_classes=5),
-    # the `wsss demo` dataset: trains a from-scratch ResNet-18 in minutes on 2 CPU cores
+    # seconds: for tests and the end-to-end smoke run (smaller objects: every size bucket is
+    # populated even in 60 images)
+    "tiny": SynthConfig(
+        height=64,
+        width=64,
+        num_train=60,
+        num_val=30,
+        num_classes=5,
+        min_object_area=0.0025,
+        max_object_area=0.38,
+    ),
+    # the `wsss demo` dataset: natural textures, object sizes calibrated on VOC's statistics,
+    # for an ImageNet-pretrained EfficientNet-Lite0 in minutes on 2 CPU cores
     "demo": SynthConfig(),
+    # the earlier demo: flat cartoon bodies, smaller objects, 128 px, for from-scratch ResNet-18
+    # runs (byte for byte the dataset the toolkit generated before natural textures)
+    "cartoon": SynthConfig(
+        height=128,
+        width=128,
+        num_train=2000,
+        num_val=500,
+        min_object_area=0.0025,
+        max_object_area=0.38,
+        body_colour_specificity=0.5,
+        body_texture_strength=0.0,
+        scene_texture_strength=0.0,
+    ),
     # all 20 part classes, VOC-sized splits, for longer GPU experiments
-    "large": SynthConfig(height=160, width=160, num_train=6000, num_val=1449, num_classes=20),
+    "large": SynthConfig(height=320, width=320, num_train=10582, num_val=1449, num_classes=20),
 }
 
 
