@@ -80,18 +80,13 @@ class SynthConfig:
     scene_texture_strength: float = 18.0
 
 
+# the object-size range of the datasets made before the VOC calibration
+_EARLIER_SIZES = {"min_object_area": 0.0025, "max_object_area": 0.38}
+
 PRESETS: dict[str, SynthConfig] = {
     # seconds: for tests and the end-to-end smoke run (smaller objects: every size bucket is
     # populated even in 60 images)
-    "tiny": SynthConfig(
-        height=64,
-        width=64,
-        num_train=60,
-        num_val=30,
-        num_classes=5,
-        min_object_area=0.0025,
-        max_object_area=0.38,
-    ),
+    "tiny": SynthConfig(height=64, width=64, num_train=60, num_val=30, num_classes=5, **_EARLIER_SIZES),
     # the `wsss demo` dataset: natural textures, object sizes calibrated on VOC's statistics,
     # for an ImageNet-pretrained EfficientNet-Lite0 in minutes on 2 CPU cores
     "demo": SynthConfig(),
@@ -102,8 +97,7 @@ PRESETS: dict[str, SynthConfig] = {
         width=128,
         num_train=2000,
         num_val=500,
-        min_object_area=0.0025,
-        max_object_area=0.38,
+        **_EARLIER_SIZES,
         body_colour_specificity=0.5,
         body_texture_strength=0.0,
         scene_texture_strength=0.0,
