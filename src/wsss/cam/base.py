@@ -77,6 +77,8 @@ class CamTrainConfig:
     ``tf_efficientnet_lite0``–``2`` (:mod:`wsss.models.pretrained`), timm's download otherwise;
     ``weights`` from a local checkpoint instead. ``mean``/``std`` left unset follow those
     weights (0.5/0.5 for EfficientNet-Lite; ImageNet's for ResNets and from scratch).
+    ``head_conv`` (EfficientNets) takes the CAM from the map the ImageNet classifier pools
+    (after its head conv) rather than the last block's linear bottleneck.
     """
 
     backbone: str = "resnet50"
