@@ -93,6 +93,25 @@ _OCCSE = "KAIST-vilab/OC-CSE@a833aea5 (train.py, models/model_cse.py, tools/util
 _PNOC = "lucasdavid/PNOC@6c8950a1 (scripts/cam/train_pnoc.py, tools/ai/optim_utils.py, runners/1-priors.sh)"
 _EPS = "halbielee/EPS@0c2cdd03 (main.py, module/optimizer.py, util/torchutils.py, script/voc12_eps.sh)"
 
+# What the two ResNet-38 codes (OC-CSE's, EPS's) share: PolyOptimizer (momentum = wd = 5e-4)
+# at lr 0.01 with biases ×2 without decay, 15 epochs of batch 8, long-side resize, colour
+# jitter, BatchNorm, stem and first stage frozen.
+_RESNET38_POLY: dict[str, Any] = {
+    "momentum_is_weight_decay": True,
+    "lr": 0.01,
+    "momentum": 5e-4,
+    "weight_decay": 5e-4,
+    "bias_lr_mult": 2.0,
+    "bias_weight_decay": False,
+    "epochs": 15,
+    "batch_size": 8,
+    "resize": "long-side",
+    "color_jitter": (0.3, 0.3, 0.3, 0.1),
+    "batchnorm": "frozen",
+    "freeze_stem": True,
+    "detach_stage": 1,
+}
+
 RECIPES: dict[str, Recipe] = {
     "generic": Recipe(name="generic", source="this toolkit (docs/methods.md)"),
     # IRN's PolyOptimizer hands its weight_decay argument to SGD's momentum slot (positional
@@ -126,22 +145,10 @@ RECIPES: dict[str, Recipe] = {
     "oc-cse": Recipe(
         name="oc-cse",
         source=_OCCSE,
-        momentum_is_weight_decay=True,
-        lr=0.01,
         head_lr_mult=1.0,
-        momentum=5e-4,
-        weight_decay=5e-4,
-        bias_lr_mult=2.0,
-        bias_weight_decay=False,
-        epochs=15,
-        batch_size=8,
         crop_size=384,
-        resize="long-side",
         long_side_range=(256, 448),
-        color_jitter=(0.3, 0.3, 0.3, 0.1),
-        batchnorm="frozen",
-        freeze_stem=True,
-        detach_stage=1,
+        **_RESNET38_POLY,
     ),
     # P-NOC's runner for train_pnoc.py: plain SGD (momentum 0), batch 16 × 2 accumulated
     # micro-batches whose gradients add up, label smoothing 0.1.
@@ -161,21 +168,9 @@ RECIPES: dict[str, Recipe] = {
     "eps": Recipe(
         name="eps",
         source=_EPS,
-        momentum_is_weight_decay=True,
-        lr=0.01,
-        momentum=5e-4,
-        weight_decay=5e-4,
-        bias_lr_mult=2.0,
-        bias_weight_decay=False,
-        epochs=15,
-        batch_size=8,
         crop_size=448,
-        resize="long-side",
         long_side_range=(256, 512),
-        color_jitter=(0.3, 0.3, 0.3, 0.1),
-        batchnorm="frozen",
-        freeze_stem=True,
-        detach_stage=1,
+        **_RESNET38_POLY,
     ),
 }
 
@@ -216,8 +211,8 @@ def freeze_parts(backbone: nn.Module, batchnorm: str, freeze_stem: bool, detach_
     if batchnorm == "frozen":
         for m in batchnorm_modules(backbone):
             m.requires_grad_(False)
+    stem = _stem(backbone)
     if freeze_stem:
-        stem = _stem(backbone)
         if stem is None:
             warnings.warn(f"{type(backbone).__name__} has no conv1/bn1: freeze_stem ignored", stacklevel=2)
         for s in stem or ():
@@ -232,7 +227,7 @@ def freeze_parts(backbone: nn.Module, batchnorm: str, freeze_stem: bool, detach_
             stages[detach_stage - 1].register_forward_hook(_detach_output)
             # what feeds the detached output gets no gradient: mark it frozen, so that DDP does
             # not wait for gradients that never come (the update is the same: none)
-            for part in (*(_stem(backbone) or ()), *stages[:detach_stage]):
+            for part in (*(stem or ()), *stages[:detach_stage]):
                 part.requires_grad_(False)
 
 

@@ -100,6 +100,25 @@ def f_measure(precision: np.ndarray, recall: np.ndarray, beta2: float = DEFAULT_
     return out
 
 
+def _best_threshold(f: np.ndarray) -> tuple[float, float]:
+    """(max F, its threshold in 0..1) of a per-level F curve; ties go to the lowest threshold."""
+    best = int(np.argmax(f))
+    return float(f[best]), best / (NUM_LEVELS - 1)
+
+
+def _iou_fields(
+    intersection: int, union: int, iou_sum: float, num_iou_defined: int, beta2: float
+) -> dict[str, Any]:
+    """The entries both protocols report alike: pooled and per-image IoU, β², thresholds."""
+    nan = float("nan")
+    return {
+        "iou": intersection / union if union else nan,
+        "mean_iou_per_image": iou_sum / num_iou_defined if num_iou_defined else nan,
+        "beta2": float(beta2),
+        "thresholds": np.arange(NUM_LEVELS) / (NUM_LEVELS - 1),
+    }
+
+
 def saliency_scores(
     precision_sum: np.ndarray,
     recall_sum: np.ndarray,
@@ -120,8 +139,7 @@ def saliency_scores(
         precision = np.asarray(precision_sum, dtype=np.float64) / num_scored
         recall = np.asarray(recall_sum, dtype=np.float64) / num_scored
         f = f_measure(precision, recall, beta2)
-        best = int(np.argmax(f))  # ties go to the lowest threshold
-        max_f, best_threshold, mae = float(f[best]), best / (NUM_LEVELS - 1), mae_sum / num_scored
+        (max_f, best_threshold), mae = _best_threshold(f), mae_sum / num_scored
     else:
         precision = recall = f = np.full(NUM_LEVELS, np.nan)
         max_f = best_threshold = mae = nan
@@ -129,10 +147,7 @@ def saliency_scores(
         "mae": float(mae),
         "max_f": max_f,
         "best_threshold": best_threshold,
-        "iou": intersection / union if union else nan,
-        "mean_iou_per_image": iou_sum / num_iou_defined if num_iou_defined else nan,
-        "beta2": float(beta2),
-        "thresholds": np.arange(NUM_LEVELS) / (NUM_LEVELS - 1),
+        **_iou_fields(intersection, union, iou_sum, num_iou_defined, beta2),
         "precision": precision,
         "recall": recall,
         "f": f,
@@ -218,8 +233,7 @@ def sod_scores(
     if num_scored:
         curves = {name: np.asarray(curve_sums[name], dtype=np.float64) / num_scored for name in SOD_CURVES}
         scalars = {name: float(scalar_sums[name]) / num_scored for name in SOD_SCALARS}
-        best = int(np.argmax(curves["f"]))  # ties go to the lowest threshold
-        max_f, best_threshold = float(curves["f"][best]), best / (NUM_LEVELS - 1)
+        max_f, best_threshold = _best_threshold(curves["f"])
         mean_f, max_e, mean_e = (
             float(curves["f"].mean()),
             float(curves["e"].max()),
@@ -242,10 +256,7 @@ def sod_scores(
         "mean_e": mean_e,
         "adaptive_e": scalars["adaptive_e"],
         "weighted_f": scalars["weighted_f"],
-        "iou": intersection / union if union else nan,
-        "mean_iou_per_image": iou_sum / num_iou_defined if num_iou_defined else nan,
-        "beta2": float(beta2),
-        "thresholds": np.arange(NUM_LEVELS) / (NUM_LEVELS - 1),
+        **_iou_fields(intersection, union, iou_sum, num_iou_defined, beta2),
         **curves,
     }
 

@@ -170,9 +170,16 @@ def _stuff_texture(rng: np.random.Generator, name: str, H: int, W: int, s: float
 
 
 def _body_field(
-    rng: np.random.Generator, cls: _ClassDef, classes: list[_ClassDef], cfg: SynthConfig, h: int, w: int
+    rng: np.random.Generator,
+    cls: _ClassDef,
+    classes: list[_ClassDef],
+    cfg: SynthConfig,
+    s: float,
+    h: int,
+    w: int,
 ) -> np.ndarray:
-    """Body colour with the class's cartoon pattern and natural texture, h×w×3."""
+    """Body colour with the class's cartoon pattern and natural texture, h×w×3 (``s``: the
+    image's scale against 128 px)."""
     if rng.random() < cfg.body_colour_specificity:
         colour = BODY_PALETTE[cls.preferred_colours[rng.integers(3)]]
     else:
@@ -197,7 +204,6 @@ def _body_field(
         shade = shade * (1.2 - 0.45 * (proj - proj.min()) / (np.ptp(proj) + 1e-6))
     if cfg.body_texture_strength > 0:
         owner = cls if rng.random() < cfg.texture_specificity else classes[rng.integers(len(classes))]
-        s = min(cfg.height, cfg.width) / 128.0
         zoom = owner.texture_zoom * rng.uniform(0.8, 1.25) / s
         tex = sample_texture(rng, texture_source(owner.texture_source), h, w, zoom, owner.texture_stretch)
         shade = shade * np.clip(1.0 + cfg.body_texture_strength * tex, 0.15, 2.0)
@@ -245,7 +251,7 @@ def _render_object(
     body = m & ~part
     sub = img[box]
     cls = classes[o.class_index]
-    colour_field = _body_field(rng, cls, classes, cfg, *m.shape)
+    colour_field = _body_field(rng, cls, classes, cfg, s, *m.shape)
     sub[body] = colour_field[body]
     if part.any():
         body_mean = colour_field[body].mean(0) if body.any() else colour_field.mean((0, 1))
