@@ -14,6 +14,7 @@ from wsss.data import build_dataset
 from wsss.io import WsssError, load_cam, load_label, load_saliency, save_cam
 from wsss.metrics.confusion import ConfusionMetric
 from wsss.pseudo.sweep import default_taus, sweep_tau, write_sweep
+from wsss.pseudo.tau_histogram import TauHistogram, pixel_terms
 from wsss.pseudo.threshold import make_pseudo_labels, threshold_pseudo_label
 
 STRONG, WEAK, RING, FAR = 0.72, 0.47, 0.42, 0.10
@@ -183,3 +184,37 @@ def test_sweep_errors(sweep_setup, voc_like, tmp_path):
         sweep_tau(ds, partial, progress=False)
     with pytest.raises(WsssError, match=rf"^{partial / ds.ids[-1]}\.npz: CAM file not found"):
         sweep_tau(ds, partial, workers=2, progress=False)
+
+
+@pytest.mark.parametrize("keep_at_tau", [False, True])
+def test_tau_histogram_equals_per_tau_labels(keep_at_tau):
+    """The cumulative histogram against labelling and scoring each τ on its own: peaks on the
+    τ grid (ties), peaks that cannot win (-inf), ignore GT, and both fallbacks."""
+    rng = np.random.default_rng(3)
+    k, taus = 5, [0.0, 0.1, 0.25, 0.5, 0.75, 1.0]
+    hist = TauHistogram(taus, k, keep_at_tau=keep_at_tau)
+    metrics = [ConfusionMetric(k) for _ in taus]
+    for _ in range(4):
+        shape = (17, 23)
+        gt = rng.integers(0, k, shape).astype(np.uint8)
+        gt[rng.random(shape) < 0.1] = 255
+        top = rng.integers(1, k, shape).astype(np.uint8)
+        peak = rng.choice(np.array([*taus, 0.3, 0.05, 0.9, -np.inf], np.float32), size=shape)
+        fallback = np.where(rng.random(shape) < 0.4, np.uint8(255), np.uint8(0))
+        hist.add([pixel_terms(gt, peak, top, fallback, k)])
+        for metric, tau in zip(metrics, taus, strict=True):
+            wins = peak >= np.float32(tau) if keep_at_tau else peak > np.float32(tau)
+            metric.process(np.where(wins, top, fallback), gt)
+    confusion, unpredicted = hist.confusions()
+    for i, metric in enumerate(metrics):
+        np.testing.assert_array_equal(confusion[i], metric.confusion)
+        np.testing.assert_array_equal(unpredicted[i], metric.unpredicted)
+
+
+def test_device_path_equals_numpy(result, sweep_setup):
+    """The torch counting path (what runs on a GPU), forced onto the CPU, with and without
+    DataLoader workers, gives the NumPy path's numbers exactly."""
+    ds, cam_dir, sources = sweep_setup
+    for workers in (0, 2):
+        r = sweep_tau(ds, cam_dir, saliency_dirs=sources, device="torch-cpu", workers=workers, progress=False)
+        assert r["sources"] == result["sources"]

@@ -679,6 +679,9 @@ def sweep(
         ),
     ] = False,
     workers: Annotated[int, typer.Option(min=1)] = 1,
+    device: Annotated[
+        str, typer.Option(help="auto (a GPU when present), cpu, or cuda[:N]: where the pixels are counted.")
+    ] = "auto",
     quiet: Quiet = False,
     force: Force = False,
 ) -> None:
@@ -711,7 +714,7 @@ def sweep(
     with stage_run(out, "sweep", settings, inputs, force=force):
         result = sweep_tau(ds, cams, taus=grid, saliency_dirs=sources, sal_threshold=sal_threshold,
                            ignore_salient_bg=ignore_salient_bg, strict_tau=strict_tau, workers=workers,
-                           progress=not quiet)  # fmt: skip
+                           device=device, progress=not quiet)  # fmt: skip
         write_sweep(result, out)
     for name, r in result["sources"].items():
         b = r["best"]

@@ -17,7 +17,6 @@ Formats (see README "File formats"):
 from __future__ import annotations
 
 import contextlib
-import glob
 import io as _io
 import json
 import os
@@ -217,8 +216,12 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- label maps
-def save_label(path: str | os.PathLike, label: np.ndarray) -> None:
-    """8-bit palette PNG with the VOC palette."""
+def save_label(path: str | os.PathLike, label: np.ndarray, compress_level: int = 1) -> None:
+    """8-bit palette PNG with the VOC palette.
+
+    zlib level 1: encoding a 500×375 map takes ~1.7 ms instead of ~8.6 ms at PIL's default
+    level 6, for files ~30 % larger; per-image stages write one map per image.
+    """
     label = np.asarray(label)
     if label.ndim != 2:
         raise ValueError(f"label map must be 2-D, got shape {label.shape}")
@@ -227,7 +230,7 @@ def save_label(path: str | os.PathLike, label: np.ndarray) -> None:
     img = Image.fromarray(label.astype(np.uint8), "P")
     img.putpalette(_PALETTE_FLAT)
     buf = _io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="PNG", compress_level=compress_level)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -502,14 +505,43 @@ def _npy_cam(path: Path, layout: str) -> tuple[np.ndarray, np.ndarray]:
     return ids, cam
 
 
+_BED_INDEX: dict[str, tuple[int, dict[str, list[tuple[int, Path]]]]] = {}
+
+
 def _bed_pngs(stem: Path) -> list[tuple[int, Path]]:
-    """WSSS-BED's ``<stem>_<c>.png`` files as (c, path), sorted by ``c`` (0-based class index)."""
-    found = []
-    for p in stem.parent.glob(f"{glob.escape(stem.name)}_*.png"):
-        suffix = p.stem[len(stem.name) + 1 :]
-        if suffix.isdigit() and suffix.isascii():
-            found.append((int(suffix), p))
-    return sorted(found)
+    """WSSS-BED's ``<stem>_<c>.png`` files as (c, path), sorted by ``c`` (0-based class index).
+
+    The folder is listed once and indexed: a glob per image would make reading N images
+    cost O(N²) directory entries on VOC-sized folders. The index is reused while the
+    folder's mtime is unchanged and was already 2 s old when it was listed (a change
+    within the filesystem's timestamp granularity could otherwise go unseen).
+    """
+    folder = stem.parent
+    try:
+        mtime = os.stat(folder).st_mtime_ns
+    except OSError:
+        return []
+    key = os.fspath(folder)
+    cached = _BED_INDEX.get(key)
+    if cached is None or cached[0] != mtime:
+        settled = time.time_ns() - mtime > 2_000_000_000
+        index: dict[str, list[tuple[int, Path]]] = {}
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if not name.endswith(".png"):
+                    continue
+                image_id, sep, suffix = name[:-4].rpartition("_")
+                if sep and suffix.isdigit() and suffix.isascii():
+                    index.setdefault(image_id, []).append((int(suffix), folder / name))
+        for found in index.values():
+            found.sort()
+        if len(_BED_INDEX) > 64:
+            _BED_INDEX.clear()
+        if not settled:
+            return index.get(stem.name, [])
+        cached = _BED_INDEX[key] = (mtime, index)
+    return cached[1].get(stem.name, [])
 
 
 def load_cam(

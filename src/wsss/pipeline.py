@@ -417,6 +417,7 @@ class Pipeline:
             ignore_salient_bg=p["ignore_salient_bg"],
             strict_tau=bool(p["strict_tau"]),
             workers=self.cfg["evaluate"].get("workers", 1),
+            device="auto",  # counted on the GPU when there is one: the same numbers
             progress=self.progress,
         )
         write_sweep(result, self.out / "sweep")

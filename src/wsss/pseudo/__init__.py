@@ -1,33 +1,41 @@
 """Stage 3: pseudo labels from CAMs (threshold + saliency, the τ sweep that picks τ) and their
-refinement (dense CRF, affinity random walk, SEPL with class-agnostic masks)."""
+refinement (dense CRF, affinity random walk, SEPL with class-agnostic masks).
 
-from wsss.pseudo.affinity import make_affinity_labels, train_affinity
-from wsss.pseudo.crf import CrfParams, crf_labels, crf_probs
-from wsss.pseudo.masks import build_mask_generator, generate_masks, load_masks, save_masks
-from wsss.pseudo.random_walk import random_walk, refine_cams
-from wsss.pseudo.refine_crf import crf_refine
-from wsss.pseudo.sepl import make_sepl_labels, sepl_merge
-from wsss.pseudo.sweep import default_taus, sweep_tau, write_sweep
-from wsss.pseudo.threshold import make_pseudo_labels, threshold_pseudo_label
+Submodules load on first use (PEP 562), so a command that needs only thresholding
+(`wsss pseudo`) does not pay for torch's import.
+"""
 
-__all__ = [
-    "CrfParams",
-    "build_mask_generator",
-    "crf_labels",
-    "crf_probs",
-    "crf_refine",
-    "default_taus",
-    "generate_masks",
-    "load_masks",
-    "make_affinity_labels",
-    "make_pseudo_labels",
-    "make_sepl_labels",
-    "save_masks",
-    "random_walk",
-    "refine_cams",
-    "sepl_merge",
-    "sweep_tau",
-    "threshold_pseudo_label",
-    "train_affinity",
-    "write_sweep",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "make_affinity_labels": "affinity",
+    "train_affinity": "affinity",
+    "CrfParams": "crf",
+    "crf_labels": "crf",
+    "crf_probs": "crf",
+    "build_mask_generator": "masks",
+    "generate_masks": "masks",
+    "load_masks": "masks",
+    "save_masks": "masks",
+    "random_walk": "random_walk",
+    "refine_cams": "random_walk",
+    "crf_refine": "refine_crf",
+    "make_sepl_labels": "sepl",
+    "sepl_merge": "sepl",
+    "default_taus": "sweep",
+    "sweep_tau": "sweep",
+    "write_sweep": "sweep",
+    "make_pseudo_labels": "threshold",
+    "threshold_pseudo_label": "threshold",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'wsss.pseudo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"wsss.pseudo.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

@@ -3,10 +3,11 @@
 The best τ differs per CAM method and per saliency source (seed 000), so the
 sweep is a first-class operation. Each image's CAM, GT and saliency maps are
 read once; the per-pixel CAM peak is computed once (see
-:mod:`wsss.pseudo.threshold`), and every (source, τ) pair only adds a
-comparison and a confusion histogram. With ``workers > 1`` chunks of images
-run in processes whose :class:`ConfusionMetric` states are merged, which
-gives exactly the single-process numbers.
+:mod:`wsss.pseudo.threshold`), and one cumulative histogram per saliency source
+gives every τ's confusion matrix (:mod:`wsss.pseudo.tau_histogram`), so a sweep
+over 60 τ costs about what one τ costs. With ``workers > 1`` chunks of images
+run in processes whose counts are summed, which gives exactly the
+single-process numbers; on a GPU the counting runs there.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ from wsss.io import (
     write_json,
     write_run_json,
 )
-from wsss.metrics.confusion import ConfusionMetric
+from wsss.metrics.confusion import confusion_scores
+from wsss.pseudo.tau_histogram import PixelTerms, TauHistogram, pixel_terms
 from wsss.pseudo.threshold import ThresholdLabeller, cam_peak, load_checked_cam, salient_mask
 
 __all__ = ["default_taus", "sweep_tau", "write_sweep"]
 
 SCORES = ("miou", "precision", "recall", "fpr", "fnr", "pixel_acc")
-# ConfusionMetric.compute() key for each score reported per τ
+# confusion_scores() key for each score reported per τ
 _SCORE_KEYS = {
     "miou": "miou",
     "precision": "precision_mean",
@@ -60,7 +62,15 @@ class _SweepJob:
     """Everything a worker needs; passed once per process, not per chunk."""
 
     def __init__(
-        self, dataset, cam_dir, taus, saliency_dirs, sal_threshold, ignore_salient_bg, strict_tau=False
+        self,
+        dataset,
+        cam_dir,
+        taus,
+        saliency_dirs,
+        sal_threshold,
+        ignore_salient_bg,
+        strict_tau=False,
+        device="numpy",
     ):
         self.dataset = dataset
         self.cam_dir = Path(cam_dir)
@@ -69,40 +79,53 @@ class _SweepJob:
         self.sal_threshold = float(sal_threshold)
         self.ignore_salient_bg = bool(ignore_salient_bg)
         self.strict_tau = bool(strict_tau)
+        self.device = device
 
-    def new_metrics(self) -> dict[str, list[ConfusionMetric]]:
-        ds = self.dataset
+    def new_counts(self, device: str | None = None) -> dict[str, TauHistogram]:
+        # without saliency a class needs CAM > τ; with it, CAM >= τ unless strict_tau
         return {
-            s: [ConfusionMetric(ds.num_classes, list(ds.class_names)) for _ in self.taus]
-            for s in self.saliency_dirs
+            s: TauHistogram(
+                self.taus,
+                self.dataset.num_classes,
+                keep_at_tau=sal_dir is not None and not self.strict_tau,
+                device=device or self.device,
+            )
+            for s, sal_dir in self.saliency_dirs.items()
         }
 
-    def accumulate(self, ids: Iterable[str], metrics: dict[str, list[ConfusionMetric]]) -> None:
+    def image_terms(self, image_id: str) -> dict[str, PixelTerms]:
+        """Read one image's CAM, GT and saliency maps → its histogram terms per source."""
         ds = self.dataset
+        shape = image_size(ds.image_path(image_id))
+        gt = ds.gt(image_id)
+        if gt is None:
+            raise WsssError(
+                f"{ds.root}: image {image_id!r} has no ground truth; the τ sweep needs GT label maps"
+            )
+        if gt.shape != shape:
+            raise WsssError(
+                f"{ds.gt_path(image_id)}: size {gt.shape[1]}×{gt.shape[0]} does not match the image "
+                f"{shape[1]}×{shape[0]}"
+            )
+        keys, cam = load_checked_cam(ds, self.cam_dir, image_id, shape)
+        peak, top_class = cam_peak(cam, keys)
+        terms = {}
+        for source, sal_dir in self.saliency_dirs.items():
+            salient = None
+            if sal_dir is not None:
+                sal = load_saliency(Path(sal_dir) / f"{image_id}.png", shape=shape)
+                salient = salient_mask(sal, self.sal_threshold)
+            labeller = ThresholdLabeller(peak, top_class, salient, self.ignore_salient_bg, self.strict_tau)
+            terms[source] = pixel_terms(gt, labeller.peak, top_class, labeller.fallback, ds.num_classes)
+        return terms
+
+    def batch_terms(self, ids: list[str]) -> list[dict[str, PixelTerms]]:
+        return [self.image_terms(i) for i in ids]
+
+    def accumulate(self, ids: Iterable[str], counts: dict[str, TauHistogram]) -> None:
         for image_id in ids:
-            shape = image_size(ds.image_path(image_id))
-            gt = ds.gt(image_id)
-            if gt is None:
-                raise WsssError(
-                    f"{ds.root}: image {image_id!r} has no ground truth; the τ sweep needs GT label maps"
-                )
-            if gt.shape != shape:
-                raise WsssError(
-                    f"{ds.gt_path(image_id)}: size {gt.shape[1]}×{gt.shape[0]} does not match the image "
-                    f"{shape[1]}×{shape[0]}"
-                )
-            keys, cam = load_checked_cam(ds, self.cam_dir, image_id, shape)
-            peak, top_class = cam_peak(cam, keys)
-            for source, sal_dir in self.saliency_dirs.items():
-                salient = None
-                if sal_dir is not None:
-                    sal = load_saliency(Path(sal_dir) / f"{image_id}.png", shape=shape)
-                    salient = salient_mask(sal, self.sal_threshold)
-                labeller = ThresholdLabeller(
-                    peak, top_class, salient, self.ignore_salient_bg, self.strict_tau
-                )
-                for metric, tau in zip(metrics[source], self.taus, strict=True):
-                    metric.process(labeller(tau), gt)
+            for source, terms in self.image_terms(image_id).items():
+                counts[source].add([terms])
 
 
 _WORKER_JOB: _SweepJob | None = None
@@ -113,12 +136,48 @@ def _init_worker(job: _SweepJob) -> None:
     _WORKER_JOB = job
 
 
-def _run_chunk(ids: list[str]) -> tuple[int, dict[str, list[ConfusionMetric]]]:
+def _run_chunk(ids: list[str]) -> tuple[int, dict[str, TauHistogram]]:
     if _WORKER_JOB is None:
         raise RuntimeError("sweep worker used before _init_worker")
-    metrics = _WORKER_JOB.new_metrics()
-    _WORKER_JOB.accumulate(ids, metrics)
-    return len(ids), metrics
+    counts = _WORKER_JOB.new_counts("numpy")
+    _WORKER_JOB.accumulate(ids, counts)
+    return len(ids), counts
+
+
+def _sweep_device(device: str) -> str:
+    """ "numpy" for the CPU path, else the torch device to count on."""
+    if device in ("cpu", "numpy"):
+        return "numpy"
+    if device == "auto" and not any(Path("/dev").glob("nvidia[0-9]*")):
+        return "numpy"  # no NVIDIA device node: skip importing torch (its start-up dominates small sweeps)
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "numpy"
+    if device == "torch-cpu":  # the device code path on the CPU (tests, debugging)
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise WsssError(f"device {device!r} requested but CUDA is not available")
+    return device
+
+
+def _count_on_device(job: _SweepJob, ids: list[str], counts: dict, workers: int, bar) -> None:
+    """Decode in DataLoader workers, count batches of images on the device."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        ids,
+        batch_size=8,
+        num_workers=max(0, workers),
+        collate_fn=job.batch_terms,
+        multiprocessing_context=_mp_context() if workers > 0 else None,
+    )
+    with torch.inference_mode():
+        for batch in loader:
+            for source, hist in counts.items():
+                hist.add([terms[source] for terms in batch], num_images=len(batch))
+            bar.update(len(batch))
 
 
 def _chunks(ids: list[str], n: int) -> list[list[str]]:
@@ -144,6 +203,7 @@ def sweep_tau(
     workers: int = 1,
     progress: bool = True,
     strict_tau: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """Score pseudo labels for every τ and saliency source → a JSON-ready dict.
 
@@ -154,6 +214,11 @@ def sweep_tau(
     the highest mIoU (the smallest on ties) with its scores. Labels are exactly
     those of :func:`~wsss.pseudo.threshold.make_pseudo_labels` at the same τ and
     settings (``strict_tau`` included).
+
+    One pass over the images fills a cumulative histogram (:mod:`wsss.pseudo.tau_histogram`),
+    so the cost hardly grows with the number of τ. ``device``: ``"cpu"`` (NumPy, with
+    ``workers`` processes), ``"cuda"``/``"cuda:N"`` (decoding in ``workers`` DataLoader
+    processes, counting on the GPU; the same numbers), or ``"auto"`` (CUDA when present).
     """
     start = time.perf_counter()
     cam_dir = Path(cam_dir)
@@ -175,13 +240,16 @@ def sweep_tau(
     if not ids:
         raise WsssError(f"{dataset.root}: split {dataset.split!r} has no images to sweep")
 
-    job = _SweepJob(dataset, cam_dir, tau_list, sources, sal_threshold, ignore_salient_bg, strict_tau)
-    metrics = job.new_metrics()
+    device = _sweep_device(device)
+    job = _SweepJob(dataset, cam_dir, tau_list, sources, sal_threshold, ignore_salient_bg, strict_tau, device)
+    counts = job.new_counts()
     bar = tqdm(total=len(ids), desc="τ sweep", unit="img", disable=not progress)
     with bar:
-        if workers <= 1 or len(ids) < 2:
+        if device != "numpy":
+            _count_on_device(job, ids, counts, workers, bar)
+        elif workers <= 1 or len(ids) < 2:
             for image_id in ids:
-                job.accumulate([image_id], metrics)
+                job.accumulate([image_id], counts)
                 bar.update(1)
         else:
             chunks = _chunks(ids, 4 * workers)
@@ -190,13 +258,15 @@ def sweep_tau(
             ) as pool:
                 for n_done, part in pool.imap(_run_chunk, chunks):
                     for source in sources:
-                        for total, piece in zip(metrics[source], part[source], strict=True):
-                            total.merge(piece)
+                        counts[source].merge(part[source])
                     bar.update(n_done)
 
     result_sources = {}
     for source in sources:
-        scores = [m.compute() for m in metrics[source]]
+        scores = [
+            confusion_scores(confusion, unpredicted)
+            for confusion, unpredicted in zip(*counts[source].confusions(), strict=True)
+        ]
         per_tau = {name: [float(s[key]) for s in scores] for name, key in _SCORE_KEYS.items()}
         per_tau["iou"] = [[float(v) for v in s["iou"]] for s in scores]
         miou = np.array(per_tau["miou"], dtype=np.float64)
