@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --no-deps -r constraints.txt
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e ".[crf,sam,dev]"
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e ".[crf,sam,slurm,dev]"
 	touch $@
 
 # Regenerate the lock: every direct and transitive dependency of pyproject.toml (all extras),
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # committing both files.
 lock:
 	$(PYTHON) -m pip install --quiet --target .lock-tool uv==0.13.9
-	.lock-tool/bin/uv pip compile pyproject.toml --extra crf --extra sam --extra dev \
+	.lock-tool/bin/uv pip compile pyproject.toml --extra crf --extra sam --extra slurm --extra dev \
 		--excludes lock-excludes.txt \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header --no-annotate \
 		$(LOCK_FLAGS) -o constraints.txt

@@ -933,7 +933,31 @@ def bed(
         list[str] | None,
         typer.Option("--set", help="key=value: a bed key (seeds=[0]) or, for every cell, a run-config key."),
     ] = None,
-    jobs: Annotated[int, typer.Option(help="Run N cells at once, in separate processes.", min=1)] = 1,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            help="Cells at once: processes (local, default 1) or queued jobs (slurm, default all).", min=1
+        ),
+    ] = None,
+    executor: Annotated[
+        str, typer.Option(help="Where cells run: local, slurm (one job per cell), slurm-local (to try it).")
+    ] = "local",
+    retries: Annotated[
+        int | None, typer.Option(help="Attempts after a cell fails (default: 0 local, 1 slurm).", min=0)
+    ] = None,
+    slurm_partition: Annotated[str | None, typer.Option(help="SLURM partition of the cells' jobs.")] = None,
+    slurm_gpus: Annotated[int | None, typer.Option(help="GPUs per cell (slurm).", min=0)] = None,
+    slurm_cpus: Annotated[
+        int | None, typer.Option(help="CPUs per cell = its torch threads (slurm).", min=1)
+    ] = None,
+    slurm_mem: Annotated[float | None, typer.Option(help="Memory per cell in GB (slurm).")] = None,
+    slurm_time: Annotated[
+        str | None, typer.Option(help="Time limit per cell: minutes or H:MM:SS (slurm; default 120).")
+    ] = None,
+    slurm_param: Annotated[
+        list[str] | None,
+        typer.Option("--slurm-param", help="KEY=VALUE: any submitit parameter (slurm_account=proj)."),
+    ] = None,
     shard: Annotated[
         str | None, typer.Option(help="Run only the cells whose index ≡ i mod N ('i/N'), then --merge.")
     ] = None,
@@ -953,8 +977,28 @@ def bed(
 
     if shard is not None:
         parse_shard(shard)
+    time_limit = None if slurm_time is None else (int(slurm_time) if slurm_time.isdigit() else slurm_time)
+    slurm = {"partition": slurm_partition, "gpus": slurm_gpus, "cpus": slurm_cpus, "mem_gb": slurm_mem,
+             "time": time_limit, "params": _key_values("--slurm-param", slurm_param or [])}  # fmt: skip
     run_bed(config, sets, jobs=jobs, shard=shard, merge=merge, allow_missing=allow_missing, dry_run=dry_run,
-            progress=not quiet, report=report)  # fmt: skip
+            progress=not quiet, report=report, executor=executor, retries=retries,
+            slurm={k: v for k, v in slurm.items() if v not in (None, {})})  # fmt: skip
+
+
+def _key_values(flag: str, pairs: list[str]) -> dict:
+    """``["slurm_account=proj", "slurm_exclude=[a,b]"]`` → a dict, each value read as YAML."""
+    import yaml
+
+    parsed = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise WsssError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            parsed[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise WsssError(f"{flag} {key.strip()}: {raw!r} is not a YAML value") from None
+    return parsed
 
 
 @app.command()
