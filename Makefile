@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install lock demo test browser lint bench bench-methods bench-saliency bench-refinement bench-seg bench-bed clean
+.PHONY: install lock demo test browser lint bench bench-methods bench-saliency bench-refinement bench-seg bench-bed bench-scale clean
 
 install: $(VENV)/.installed
 
@@ -58,6 +58,9 @@ bench-refinement: install  # threshold -> CRF -> random walk -> SEPL, on the cel
 bench-seg: install  # stage 4: DeepLab on cam/puzzle pseudo labels x ce/size-weighted/size-balanced x 3 seeds + GT
 	$(BIN)/python benchmarks/seg_losses.py labels --cells runs/cam_methods --out runs/seg_losses
 	$(BIN)/python benchmarks/seg_losses.py train --out runs/seg_losses --cells runs/cam_methods --jobs 2
+
+bench-scale: install  # VOC-sized (10,582 images): sweep, pseudo, evaluate at 1k and 10k; CRF, walk, CAM per image
+	$(BIN)/python benchmarks/scale.py --out runs/scale
 
 bench-bed: install  # seed 000's Table 1 (5 methods x 5 saliency sources x 3 seeds) on the CAMs of bench-methods
 	$(BIN)/wsss bed benchmarks/bed_table1.yaml --jobs 2
