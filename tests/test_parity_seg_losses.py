@@ -227,3 +227,31 @@ def test_fisher_updated_once_per_step_is_the_former_rule_and_differs():
         fisher.update(model)
     assert fisher.updates == 2
     assert fisher.fisher["0.weight"].sum().item() > 10 * _FISHER_SUM["0.weight"]
+
+
+def test_contour_painting_on_bounding_boxes_equals_whole_image_canvases():
+    """The contour rule paints each filled contour on its bounding box; on random maps with
+    nested regions, holes and regions touching the border it paints what a whole-image
+    canvas per contour paints."""
+    import cv2
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    blobs = ndimage.zoom(rng.integers(0, 4, (3, 9, 9)), (1, 5, 5), order=0)
+    label = np.where(rng.random(blobs.shape) < 0.02, 255, blobs).astype(np.int64)
+    tau = 7.0
+    expected = np.ones(label.shape, np.float64)
+    for image, out in zip(label, expected, strict=True):
+        foreground = int(((image != 0) & (image != 255)).sum())
+        for c in np.unique(image[(image != 0) & (image != 255)]):
+            contours, _ = cv2.findContours(
+                (image == c).astype(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE
+            )
+            for contour in contours:
+                canvas = np.zeros(image.shape, np.uint8)
+                cv2.drawContours(canvas, [contour], 0, 1, thickness=-1)
+                out[canvas > 0] = min(tau, foreground / int((canvas > 0).sum()))
+    expected[label == 255] = 0.0
+    got = size_weights(torch.from_numpy(label), tau).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
+    assert len(np.unique(expected)) > 5  # many regions of different sizes were painted

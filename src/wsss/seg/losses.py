@@ -184,10 +184,13 @@ def _contour_weights(label: np.ndarray, tau: float, ignore_index: int) -> np.nda
             mask = (image == c).astype(np.uint8)
             contours, _ = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
             for contour in contours:
-                region = np.zeros(image.shape, dtype=np.uint8)
-                cv2.drawContours(region, [contour], 0, 1, thickness=-1)
+                # filled on the contour's bounding box only: the same pixels as on a whole-image
+                # canvas, without one full-size allocation and scan per contour
+                x, y, w, h = cv2.boundingRect(contour)
+                region = np.zeros((h, w), dtype=np.uint8)
+                cv2.drawContours(region, [contour], 0, 1, thickness=-1, offset=(-x, -y))
                 inside = region > 0
-                out[inside] = min(tau, foreground / int(inside.sum()))
+                out[y : y + h, x : x + w][inside] = min(tau, foreground / int(inside.sum()))
     return weights
 
 
