@@ -48,6 +48,13 @@ def check_label_map(name: str, arr: np.ndarray, num_classes: int, ignore_index: 
             arr = arr.astype(np.uint8)
         else:
             raise ValueError(f"{name} must hold integer labels, got dtype {arr.dtype}")
+    if arr.dtype == np.uint8 and arr.size:
+        # the common case in a few µs: all below num_classes, or (ignore 255) all below it after
+        # 255 wraps to 0; the full test below costs as much as the metric's own counting
+        if int(arr.max()) < num_classes:
+            return arr
+        if ignore_index == 255 and int((arr + np.uint8(1)).max()) <= num_classes:
+            return arr
     bad = ((arr < 0) | (arr >= num_classes)) & (arr != ignore_index)
     if bad.any():
         vals = np.unique(arr[bad])[:5].tolist()
