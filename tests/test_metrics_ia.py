@@ -454,6 +454,14 @@ def test_merge_equals_single_pass_exactly_and_pickles():
         a.merge(InstanceAwareMetric(4, bounds=(5, 30)))
 
 
+def test_empty_maps_give_no_records():
+    z = np.zeros((0, 4), np.uint8)
+    for instances in (z, None):
+        for arr in image_instance_ious(z, z, 3, instances):
+            assert arr.size == 0
+    assert instances_from_map(z, z, 3)[0].shape == (0, 4)
+
+
 def test_bad_inputs_raise():
     m = InstanceAwareMetric(2)
     with pytest.raises(ValueError, match="shape"):

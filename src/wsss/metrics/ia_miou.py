@@ -129,6 +129,8 @@ def instances_from_components(gt: np.ndarray, num_classes: int) -> tuple[np.ndar
     gt = np.asarray(gt)
     ids = np.zeros(gt.shape, dtype=np.int32)
     classes = [0]
+    if gt.size == 0:
+        return ids, np.asarray(classes, dtype=np.int64)
     for c in _present_classes(gt, num_classes):
         n, components = cv2.connectedComponents(_as_u8(gt == c), connectivity=8, ltype=cv2.CV_32S)
         np.copyto(ids, components + len(classes) - 1, where=components > 0)
@@ -147,6 +149,8 @@ def instances_from_map(
     """
     gt = np.asarray(gt)
     inst = _check_instances(instances, gt.shape)
+    if gt.size == 0:
+        return np.zeros(gt.shape, np.int32), np.zeros(256, np.int64)
     class_of_id, _ = _classes_of_ids(_unlabelled_as_ignore(inst, gt), gt, num_classes)
     keep = np.where(class_of_id > 0, np.arange(256), 0).astype(np.int32)
     return keep[inst], class_of_id
@@ -209,6 +213,10 @@ def image_instance_ious(
     gt = check_label_map("ground truth", gt, num_classes, IGNORE)
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
+    if instances is not None:
+        instances = _check_instances(instances, gt.shape)
+    if gt.size == 0:  # OpenCV rejects empty arrays
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
     out_class: list[np.ndarray] = []
     out_size: list[np.ndarray] = []
     out_iou: list[np.ndarray] = []
@@ -237,7 +245,7 @@ def image_instance_ious(
             out_size.append(sizes)
             out_iou.append(ious)
     else:
-        inst = _unlabelled_as_ignore(_check_instances(instances, gt.shape), gt)
+        inst = _unlabelled_as_ignore(instances, gt)
         labelled = inst != IGNORE
         class_of_id, id_sizes = _classes_of_ids(inst, gt, num_classes)
         present_ids = np.flatnonzero(class_of_id > 0)
