@@ -43,7 +43,7 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks
 
 bench: install          # speed benchmarks, a few minutes
-	for f in benchmarks/metrics_throughput.py benchmarks/pseudo_throughput.py benchmarks/cam_speed.py; do \
+	for f in benchmarks/metrics_throughput.py benchmarks/ia_miou_vs_official.py benchmarks/pseudo_throughput.py benchmarks/cam_speed.py; do \
 		echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 bench-methods: install  # every CAM method × 3 seeds on the demo data: hours on a CPU, resumable

@@ -143,3 +143,32 @@ def test_bad_inputs_raise():
         m.process(np.zeros((2, 3), np.uint8), np.zeros((2, 2), np.uint8))
     with pytest.raises(ValueError):
         m.merge(ConfusionMetric(4))
+
+
+def test_uint8_histogram_path_equals_the_general_path():
+    """uint8 maps with ignore 255 take one cv2.calcHist; other dtypes the masked bincount."""
+    rng = np.random.default_rng(5)
+    k = 21
+    fast, general = ConfusionMetric(k), ConfusionMetric(k)
+    for _ in range(6):
+        gt = rng.integers(0, k, size=(37, 53)).astype(np.uint8)
+        pred = rng.integers(0, k, size=(37, 53)).astype(np.uint8)
+        gt[rng.random(gt.shape) < 0.1] = 255
+        pred[rng.random(gt.shape) < 0.1] = 255
+        fast.process(pred, gt)
+        general.process(pred.astype(np.int32), gt.astype(np.int64))
+    np.testing.assert_array_equal(fast.confusion, general.confusion)
+    np.testing.assert_array_equal(fast.unpredicted, general.unpredicted)
+    assert fast.unpredicted.sum() > 0 and fast.confusion.sum() + fast.unpredicted.sum() < 6 * 37 * 53
+    gt, pred = np.array([[0, 1, 2, 255, 1]]), np.array([[0, 255, 2, 1, 1]])
+    m = ConfusionMetric(3)
+    m.process(pred.astype(np.uint8), gt.astype(np.uint8))
+    np.testing.assert_array_equal(m.confusion, [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(m.unpredicted, [0, 1, 0])
+
+
+@pytest.mark.parametrize("bad", [3, 254])
+def test_uint8_values_between_num_classes_and_ignore_raise(bad):
+    gt = np.array([[0, 1, 255, bad]], np.uint8)
+    with pytest.raises(ValueError, match="outside"):
+        ConfusionMetric(3).process(np.zeros_like(gt), gt)

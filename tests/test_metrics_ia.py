@@ -164,6 +164,100 @@ def test_instance_class_is_the_majority_ground_truth_class():
     np.testing.assert_array_equal(ids, [[5, 5, 5, 0]])
 
 
+def test_instance_split_by_an_occluder_scores_both_parts():
+    # instance 1 (class 1) in two parts around the occluder, instance 2 of class 2
+    gt = np.array([[1, 1, 1, 1, 2, 2, 1, 1, 1, 1, 0, 0]], np.uint8)
+    inst = np.array([[1, 1, 1, 1, 2, 2, 1, 1, 1, 1, 0, 0]], np.uint8)
+    pred = np.array([[1, 1, 1, 0, 2, 2, 0, 1, 1, 1, 1, 0]], np.uint8)
+    classes, sizes, ious = image_instance_ious(pred, gt, 3, inst)
+    # one instance of 8 px: blobs of 3 (I 3) and 4 (I 3) px → 6 / (8 + 7 - 6)
+    np.testing.assert_array_equal(classes, [1, 2, 0])
+    np.testing.assert_array_equal(sizes, [8, 2, 2])
+    np.testing.assert_allclose(ious, [6 / 9, 1.0, 1 / 4], rtol=1e-15)
+    # without the PNG the two parts are two instances: 3/4 and 3/(4 + 4 - 3)
+    classes, sizes, ious = image_instance_ious(pred, gt, 3)
+    np.testing.assert_array_equal(classes, [1, 1, 2, 0])
+    np.testing.assert_array_equal(sizes, [4, 4, 2, 2])
+    np.testing.assert_allclose(ious, [3 / 4, 3 / 5, 1.0, 1 / 4], rtol=1e-15)
+
+
+def test_touching_instances_of_one_class_across_the_band_share_one_blob():
+    # two class-1 instances side by side, the band between them; one prediction over both
+    gt = np.zeros((4, 9), np.uint8)
+    gt[0:3, 0:4] = 1
+    gt[0:3, 5:9] = 1
+    gt[0:3, 4] = 255
+    inst = np.where(gt == 255, 255, 0).astype(np.uint8)
+    inst[0:3, 0:4] = 1
+    inst[0:3, 5:9] = 2
+    pred = np.zeros_like(gt)
+    pred[0:2, 0:9] = 1  # 16 labelled px: 8 on each instance, nothing unclaimed
+    classes, sizes, ious = image_instance_ious(pred, gt, 2, inst)
+    np.testing.assert_allclose(ious[classes == 1], [8 / 12, 8 / 12], rtol=1e-15)
+    pred[3, 0:9] = 1  # joined to the blob? no: row 2 is not predicted; a second blob, touching nothing
+    np.testing.assert_allclose(image_instance_ious(pred, gt, 2, inst)[2][:2], [8 / 12, 8 / 12], rtol=1e-15)
+    pred[2, 8] = 1  # joins row 3 (8-connected): I = 8 and 9, 26 labelled px, 9 unclaimed
+    classes, _, ious = image_instance_ious(pred, gt, 2, inst)
+    # 8 + ⌊8·9/17⌋ = 12 → 8/(12 + 12 - 8); 9 + ⌊9·9/17⌋ = 13 → 9/(12 + 13 - 9)
+    np.testing.assert_allclose(ious[classes == 1], [8 / 16, 9 / 16], rtol=1e-15)
+
+
+def test_missed_class_scores_zero_with_and_without_instance_map():
+    gt = np.zeros((6, 8), np.uint8)
+    gt[1:3, 1:3] = 1
+    gt[3:5, 5:8] = 2
+    inst = np.zeros_like(gt)
+    inst[1:3, 1:3] = 1
+    inst[3:5, 5:8] = 2
+    pred = np.where(gt == 2, 0, gt).astype(np.uint8)  # class 2 predicted nowhere
+    for instances in (inst, None):
+        classes, sizes, ious = image_instance_ious(pred, gt, 3, instances)
+        np.testing.assert_array_equal(classes, [1, 2, 0])
+        np.testing.assert_array_equal(sizes, [4, 6, 38])
+        np.testing.assert_allclose(ious, [1.0, 0.0, 38 / 44], rtol=1e-15)
+
+
+def test_mixed_class_instance_takes_its_majority_class():
+    gt = np.array([[2, 2, 1, 0, 0]], np.uint8)
+    inst = np.array([[5, 5, 5, 0, 0]], np.uint8)
+    pred = np.array([[2, 2, 2, 2, 0]], np.uint8)
+    classes, sizes, ious = image_instance_ious(pred, gt, 3, inst)
+    np.testing.assert_array_equal(classes, [2, 0])
+    np.testing.assert_array_equal(sizes, [3, 2])
+    np.testing.assert_allclose(ious, [3 / 4, 1 / 2], rtol=1e-15)
+
+
+def test_ignore_in_either_map_makes_a_pixel_unlabelled():
+    gt = np.array([[1, 1, 255, 1, 0, 0]], np.uint8)  # ignore inside instance 1's id
+    inst = np.array([[1, 1, 1, 1, 0, 255]], np.uint8)  # ignore on a background pixel
+    pred = np.array([[1, 1, 1, 0, 0, 0]], np.uint8)
+    classes, sizes, ious = image_instance_ious(pred, gt, 2, inst)
+    np.testing.assert_array_equal(classes, [1, 0])
+    np.testing.assert_array_equal(sizes, [3, 1])  # labelled pixels only
+    np.testing.assert_allclose(ious, [2 / 3, 1 / 2], rtol=1e-15)
+
+
+def test_many_ids_and_other_dtypes_give_identical_records():
+    """Ids above 32 take the histogram path, non-uint8 maps the bincount path: same records."""
+    rng = np.random.default_rng(21)
+    for n in range(12):
+        pred, gt, inst = _random_scene(rng, 5, size=24, with_band=n % 2 == 0)
+        base = image_instance_ious(pred, gt, 5, inst)
+        spread = np.where((inst > 0) & (inst < 255), 40 + 3 * inst, inst).astype(np.uint8)  # order kept
+        for args in [
+            (pred, gt, spread),
+            (pred.astype(np.int32), gt.astype(np.int64), inst.astype(np.int32)),
+            (pred.astype(np.uint16), gt, spread.astype(np.int16)),
+        ]:
+            got = image_instance_ious(args[0], args[1], 5, args[2])
+            for a, b in zip(base, got, strict=True):
+                np.testing.assert_array_equal(a, b)
+        base_cc = image_instance_ious(pred, gt, 5)
+        got_cc = image_instance_ious(pred.astype(np.int32), gt.astype(np.uint16), 5)
+        for a, b in zip(base_cc, got_cc, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 # --------------------------------------------------------------------------- brute force
 def _components(mask: np.ndarray) -> list[set]:
     """8-connected components by breadth-first search (independent of scipy)."""
@@ -284,6 +378,61 @@ def test_matches_brute_force_on_random_scenes(use_png):
     assert sum(ref_counts[1:]) > 40  # the scenes did exercise many instances
 
 
+def _scipy_reference(pred, gt, k, inst=None):
+    """The definition again, instance by instance with scipy's labelling (no OpenCV, no windows):
+    per-instance (class, size, IoU) sorted, for scenes too large for the brute force."""
+    from scipy import ndimage
+
+    eight = np.ones((3, 3), bool)
+    labelled = gt != 255
+    instances = []  # (class, mask)
+    if inst is not None:
+        labelled &= inst != 255
+        for i in range(1, 255):
+            g = labelled & (inst == i)
+            if g.any():
+                c = int(np.bincount(gt[g], minlength=k).argmax())
+                if c > 0:
+                    instances.append((c, g))
+    else:
+        for c in range(1, k):
+            comp, n = ndimage.label(gt == c, structure=eight)
+            instances += [(c, comp == j) for j in range(1, n + 1)]
+    records = []
+    for j, (c, g) in enumerate(instances):
+        others = np.zeros_like(g)
+        for jj, (cc, gg) in enumerate(instances):
+            if cc == c and jj != j:
+                others |= gg
+        blobs, _ = ndimage.label(pred == c, structure=eight)
+        sum_i = sum_c = 0
+        for b in np.unique(blobs[g & (blobs > 0)]):
+            blob = (blobs == b) & labelled
+            i_, o_, size = int((blob & g).sum()), int((blob & others).sum()), int(blob.sum())
+            sum_i += i_
+            sum_c += size if o_ == 0 else i_ + (i_ * (size - i_ - o_)) // (i_ + o_)
+        records.append((c, int(g.sum()), sum_i / (int(g.sum()) + sum_c - sum_i) if sum_i else 0.0))
+    gt_bg = labelled & (gt == 0)
+    if gt_bg.any():
+        pred_bg = labelled & (pred == 0)
+        records.append((0, int(gt_bg.sum()), (gt_bg & pred_bg).sum() / (gt_bg | pred_bg).sum()))
+    return sorted(records)
+
+
+@pytest.mark.parametrize("use_png", [True, False])
+def test_matches_a_scipy_formulation_on_larger_scenes(use_png):
+    rng = np.random.default_rng(31 if use_png else 32)
+    checked = 0
+    for n in range(16):
+        pred, gt, inst = _random_scene(rng, 6, size=64, with_band=n % 4 != 3)
+        pred[rng.random(gt.shape) < 0.12] = 0  # holes: blobs split, some instances missed
+        got = image_instance_ious(pred, gt, 6, inst if use_png else None)
+        ref = _scipy_reference(pred, gt, 6, inst if use_png else None)
+        assert sorted(zip(*(a.tolist() for a in got), strict=True)) == ref  # exact, IoUs included
+        checked += len(ref)
+    assert checked > 60
+
+
 def test_merge_equals_single_pass_exactly_and_pickles():
     rng = np.random.default_rng(11)
     images = [_random_scene(rng, 4, with_band=True) for _ in range(10)]
@@ -303,6 +452,14 @@ def test_merge_equals_single_pass_exactly_and_pickles():
     assert ra["ia_miou"] == rs["ia_miou"] and ra["num_images"] == 10
     with pytest.raises(ValueError, match="bounds"):
         a.merge(InstanceAwareMetric(4, bounds=(5, 30)))
+
+
+def test_empty_maps_give_no_records():
+    z = np.zeros((0, 4), np.uint8)
+    for instances in (z, None):
+        for arr in image_instance_ious(z, z, 3, instances):
+            assert arr.size == 0
+    assert instances_from_map(z, z, 3)[0].shape == (0, 4)
 
 
 def test_bad_inputs_raise():

@@ -12,6 +12,10 @@ only our fixture and the numbers, not the reference code.
   (``scripts/evaluate.py`` last changed in f915b8440b01630474949c3da3c9835c6bdd35dc),
   ``do_python_eval()`` in ``--mode png`` on the fixture's prediction PNGs; its ``1e-10`` in
   the denominators bounds the agreement to ~1e-9.
+- Seed 004, IA-mIoU: Cheolhyun-Mun/wsss_small_object_matters @
+  629dd2c288c3200315dfc84c7ebbf5baab1c8381, ``libs/utils/metric.py`` ``IAmIoU()`` on the
+  fixture's (instance map, ground truth, prediction), OpenCV 5.1.0; its per-class sums and
+  counts, overall and per size bucket. Two deliberate differences are recorded next to ours.
 - Seed 001, class groups: no code for Tables 1 and 3 is released, so the reference is the
   paper's Table 3 itself (arXiv 2305.12522v3), fed back through :func:`group_table`.
 """
@@ -24,6 +28,7 @@ import pytest
 from wsss.data.voc import VOC_CLASSES
 from wsss.metrics.confusion import ConfusionMetric
 from wsss.metrics.groups import VOC_GROUPS, group_table
+from wsss.metrics.ia_miou import InstanceAwareMetric, image_instance_ious
 from wsss.pseudo.threshold import ThresholdLabeller, cam_peak, salient_mask, threshold_pseudo_label
 
 # --------------------------------------------------------------------------- (7) Algorithm 1, τ ties
@@ -209,3 +214,87 @@ def test_overall_rows_equal_seed001_table3():
     assert np.abs(_in_table_units(std) - TABLE3_STD).max() < TABLE3_TOL
     # without the background the mean %S would be 17.3 %, not the table's 19.8 %
     assert mean["relative_size"] == pytest.approx((69.5 + np.asarray(TABLE3)[:, 1].sum()) / 21 / 100)
+
+
+# --------------------------------------------------------------------------- (15) IA-mIoU
+def _ia_fixture() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prediction, ground truth, instance map) 24×32, K = 4: touching class-1 instances under one
+    blob, a class-2 instance split in two by an occluder (class 3), a missed small instance, false
+    blobs, and a 1-px ignore band on every instance border in both maps."""
+    gt = np.zeros((24, 32), np.uint8)
+    inst = np.zeros_like(gt)
+    for (rows, cols), c, i in [
+        ((slice(2, 10), slice(2, 14)), 1, 1),
+        ((slice(2, 10), slice(14, 22)), 1, 2),
+        ((slice(13, 22), slice(4, 28)), 2, 3),
+        ((slice(12, 23), slice(14, 18)), 3, 4),
+        ((slice(1, 4), slice(26, 30)), 1, 5),
+    ]:
+        gt[rows, cols] = c
+        inst[rows, cols] = i
+    edge = np.zeros(gt.shape, bool)
+    edge[:, 1:] |= inst[:, 1:] != inst[:, :-1]
+    edge[1:, :] |= inst[1:, :] != inst[:-1, :]
+    gt[edge] = 255
+    inst[edge] = 255
+    pred = np.zeros_like(gt)
+    pred[3:11, 3:20] = 1
+    pred[12:20, 5:13] = 2
+    pred[15:22, 19:30] = 2
+    pred[10:23, 13:17] = 3
+    pred[0:3, 0:3] = 1
+    pred[20:24, 0:3] = 2
+    return pred, gt, inst
+
+
+# IAmIoU's "IoU stack" / "Class stack" and their "Small" versions (no medium or large instance)
+IA_IOU_SUMS = [0.7346368715083799, 1.625298900047824, 0.6981132075471698, 0.46511627906976744]
+IA_COUNTS = [1, 3, 1, 1]
+
+
+def test_ia_miou_equals_the_official_code():
+    pred, gt, inst = _ia_fixture()
+    m = InstanceAwareMetric(4)
+    m.process(pred, gt, inst)
+    classes, sizes, ious = m.records()
+    np.testing.assert_allclose(np.bincount(classes, ious, 4), IA_IOU_SUMS, rtol=1e-15)
+    np.testing.assert_array_equal(np.bincount(classes, None, 4), IA_COUNTS)
+    assert (sizes[classes > 0] < 1024).all()  # all small, as there
+    r = m.compute()
+    expected = np.array(IA_IOU_SUMS) / IA_COUNTS
+    assert r["ia_miou"] == pytest.approx(expected.mean(), rel=1e-15)
+    assert r["ia_miou_small"] == pytest.approx(expected[1:].mean(), rel=1e-15)
+    assert np.isnan(r["ia_miou_medium"]) and np.isnan(r["ia_miou_large"])
+
+
+def test_ia_miou_floors_the_shared_area_exactly_where_the_official_code_rounds_in_floats():
+    # instances of 7 and 3 px (one class) under one blob with 90 unclaimed px: 7/10 · 90 = 63
+    # exactly, but 0.7 · 90 = 62.99999999999999 in floats, which the official code truncates to 62
+    gt = np.zeros((1, 102), np.uint8)
+    gt[0, :10] = 1
+    inst = np.zeros_like(gt)
+    inst[0, :7] = 1
+    inst[0, 7:10] = 2
+    pred = np.zeros_like(gt)
+    pred[0, :100] = 1
+    classes, _, ious = image_instance_ious(pred, gt, 2, inst)
+    np.testing.assert_allclose(ious[classes == 1], [7 / 70, 3 / 30], rtol=1e-15)
+    official_sum = 0.20144927536231885  # 7/69 + 3/30
+    assert official_sum == pytest.approx(7 / 69 + 3 / 30, rel=1e-15)
+
+
+def test_ia_miou_keeps_a_blob_inside_a_hole_apart_where_the_official_code_merges_it():
+    # a predicted ring around an instance, the instance predicted exactly inside the hole: two
+    # 8-connected blobs here (IoU 1); the official code fills the ring's outer contour first and
+    # counts the island as part of it (IoU 16/112)
+    gt = np.zeros((20, 20), np.uint8)
+    gt[8:12, 8:12] = 1
+    inst = gt.copy()
+    pred = np.zeros_like(gt)
+    pred[3:17, 3:17] = 1
+    pred[5:15, 5:15] = 0
+    pred[8:12, 8:12] = 1
+    classes, _, ious = image_instance_ious(pred, gt, 2, inst)
+    assert ious[classes == 1][0] == 1.0
+    official = [0.75, 0.14285714285714285]  # IoU stack: background, class 1
+    assert ious[classes == 0][0] == official[0] and official[1] == pytest.approx(16 / 112, rel=1e-15)

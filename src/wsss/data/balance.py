@@ -48,7 +48,7 @@ Record = tuple[str, int, float]
 # --------------------------------------------------------------------------- records
 def _image_records(dataset: Dataset, image_id: str) -> list[tuple[int, int]] | None:
     """(class, area) of each instance of one image, or None when the image has no ground truth."""
-    # scipy (behind ia_miou) is imported here, not at module level: `import wsss.data` loads every module
+    # ia_miou is imported here, not at module level: `import wsss.data` loads every module
     from wsss.metrics.ia_miou import instances_from_components, instances_from_map
 
     inst_path = dataset.instance_path(image_id)

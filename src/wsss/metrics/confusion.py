@@ -13,9 +13,11 @@ evaluation gives exactly the single-pass result.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 NO_PREDICTION = 255
+EXACT_HIST = 1 << 24  # cv2.calcHist counts in float32: exact while every count is below 2²⁴
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -48,11 +50,33 @@ def check_label_map(name: str, arr: np.ndarray, num_classes: int, ignore_index: 
             arr = arr.astype(np.uint8)
         else:
             raise ValueError(f"{name} must hold integer labels, got dtype {arr.dtype}")
+    if arr.dtype == np.uint8 and arr.size:
+        # the common case in a few µs: all below num_classes, or (ignore 255) all below it after
+        # 255 wraps to 0; the full test below costs as much as the metric's own counting
+        if int(arr.max()) < num_classes:
+            return arr
+        if ignore_index == 255 and int((arr + np.uint8(1)).max()) <= num_classes:
+            return arr
     bad = ((arr < 0) | (arr >= num_classes)) & (arr != ignore_index)
     if bad.any():
         vals = np.unique(arr[bad])[:5].tolist()
         raise ValueError(f"{name} has values {vals} outside 0..{num_classes - 1} that are not {ignore_index}")
     return arr
+
+
+def pair_counts(a: np.ndarray, b: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """counts[i, j] = number of pixels with a == i and b == j (int64, rows × cols).
+
+    Two uint8 maps go through one ``cv2.calcHist`` (~0.35 ms for a 375×500 label map, against
+    ~0.9 ms for masking and ``np.bincount`` of a combined code); other dtypes and maps of 2²⁴
+    pixels or more (float32 counts) take the bincount.
+    """
+    if a.dtype == np.uint8 and b.dtype == np.uint8 and a.size < EXACT_HIST and max(rows, cols) <= 256:
+        hist = cv2.calcHist([a, b], [0, 1], None, [rows, cols], [0, rows, 0, cols])
+        return hist.astype(np.int64)
+    keep = (a < rows) & (b < cols)
+    code = a[keep].astype(np.int64) * cols + b[keep]
+    return np.bincount(code, minlength=rows * cols).reshape(rows, cols)
 
 
 def confusion_scores(confusion: np.ndarray, unpredicted: np.ndarray | None = None) -> dict:
@@ -131,13 +155,18 @@ class ConfusionMetric:
         gt = check_label_map("ground truth", gt, k, self.ignore_index)
         if pred.shape != gt.shape:
             raise ValueError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
-        labelled = gt != self.ignore_index
-        predicted = pred != self.ignore_index
-        both = labelled & predicted
-        # int32 index arithmetic is enough (k² < 2³¹) and halves the memory traffic of bincount's input
-        index = gt[both].astype(np.int32) * k + pred[both].astype(np.int32)
-        self.confusion += np.bincount(index, minlength=k * k).reshape(k, k)
-        self.unpredicted += np.bincount(gt[labelled & ~predicted].astype(np.int32), minlength=k)
+        if pred.dtype == gt.dtype == np.uint8 and self.ignore_index == 255:
+            counts = pair_counts(gt, pred, 256, 256)  # one histogram: rows gt, columns pred
+            self.confusion += counts[:k, :k]
+            self.unpredicted += counts[:k, 255]
+        else:
+            labelled = gt != self.ignore_index
+            predicted = pred != self.ignore_index
+            both = labelled & predicted
+            # int32 index arithmetic is enough (k² < 2³¹) and halves the memory traffic of bincount's input
+            index = gt[both].astype(np.int32) * k + pred[both].astype(np.int32)
+            self.confusion += np.bincount(index, minlength=k * k).reshape(k, k)
+            self.unpredicted += np.bincount(gt[labelled & ~predicted].astype(np.int32), minlength=k)
         self.num_images += 1
 
     def merge(self, other: ConfusionMetric) -> None:
