@@ -42,9 +42,14 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-bench: install          # speed benchmarks, a few minutes
-	for f in benchmarks/metrics_throughput.py benchmarks/ia_miou_vs_official.py benchmarks/pseudo_throughput.py benchmarks/cam_speed.py; do \
-		echo "== $$f"; $(BIN)/python $$f || exit 1; done
+# speed benchmarks, a few minutes; side by side with the reference code when given its checkouts:
+#   make bench SOM=/path/to/wsss_small_object_matters WSSS_BED=/path/to/WSSS-BED
+bench: install
+	$(BIN)/python benchmarks/metrics_throughput.py
+	$(BIN)/python benchmarks/ia_miou_vs_official.py $(if $(SOM),--official $(SOM))
+	$(BIN)/python benchmarks/sweep_vs_wsss_bed.py $(if $(WSSS_BED),--wsss-bed $(WSSS_BED))
+	$(BIN)/python benchmarks/pseudo_throughput.py
+	$(BIN)/python benchmarks/cam_speed.py
 
 bench-methods: install  # every CAM method × 3 seeds on the demo data: hours on a CPU, resumable
 	$(BIN)/python benchmarks/cam_methods.py --out runs/cam_methods

@@ -94,11 +94,10 @@ def per_image_stages(root: Path, count: int, threads: int) -> dict:
 
     ds = build_dataset("folder", sub, "all")
     model_dir = root / "work" / "cam_model"
-    if not (model_dir / "model.safetensors").is_file():
+    if not (model_dir / "model.safetensors").is_file():  # one step on 4 images: speed does not need training
         cfg = CamTrainConfig(backbone="tf_efficientnet_lite0", pretrained=True, head_conv=True, recipe="generic",
-                             crop_size=256, batch_size=4, epochs=1, stop_after_steps=1, num_workers=0,
-                             optimizer="adamw", lr=5e-4)  # fmt: skip
-        train_cam(ds, model_dir, cfg, progress=False)
+                             crop_size=256, batch_size=4, epochs=1, num_workers=0, optimizer="adamw", lr=5e-4)  # fmt: skip
+        train_cam(build_dataset("folder", view(root, 4), "all"), model_dir, cfg, progress=False, force=True)
     cam_out = root / "work" / f"cams_{count}"
     infer_cams(ds, model_dir, cam_out, scales=(1.0,), flip=True, batch_size=8, progress=False, force=True)
     run = read_json(cam_out / "run.json")
@@ -110,7 +109,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/scale"))
     ap.add_argument("--images", type=int, default=10582, help="images generated (VOC train_aug: 10,582)")
-    ap.add_argument("--counts", type=int, nargs="+", default=[1000, 10582], help="image counts to time")
+    ap.add_argument(
+        "--counts",
+        type=int,
+        nargs="*",
+        default=[1000, 10582],
+        help="image counts to time (none: per-image stages only)",
+    )
     ap.add_argument("--subset", type=int, default=50, help="images for the per-image stages")
     ap.add_argument("--workers", type=int, default=2, help="processes for sweep and evaluation")
     args = ap.parse_args()
@@ -157,9 +162,10 @@ def main() -> None:
         print(f"  {name:<42} {1 / r['s_per_image']:8.2f} img/s  → {args.images} images: "
               f"{r['s_per_image'] * args.images / 60:7.1f} min{rss}")  # fmt: skip
 
-    cell = [r for r in rows if r["images"] == counts[-1] and not r["stage"].startswith("pseudo")]
-    total = sum(r["s"] for r in cell)
-    print(f"one train_aug-sized cell at {counts[-1]} images: sweep + evaluation {total / 60:.1f} min")
+    if counts:
+        cell = [r for r in rows if r["images"] == counts[-1] and not r["stage"].startswith("pseudo")]
+        total = sum(r["s"] for r in cell)
+        print(f"one train_aug-sized cell at {counts[-1]} images: sweep + evaluation {total / 60:.1f} min")
     (root / "scale.json").write_text(
         json.dumps(
             {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "per_image": per_image},
