@@ -13,6 +13,7 @@ from wsss.metrics.evaluate import evaluate_dataset, evaluate_dirs, evaluate_item
 from wsss.metrics.groups import VOC_GROUPS, ClassGroupStats, group_table, pearson, tertile_groups
 from wsss.metrics.ia_miou import (
     DEFAULT_BOUNDS,
+    IA_VARIANTS,
     InstanceAwareMetric,
     ia_scores,
     image_instance_ious,
@@ -22,6 +23,7 @@ from wsss.metrics.ia_miou import (
 
 __all__ = [
     "DEFAULT_BOUNDS",
+    "IA_VARIANTS",
     "VOC_GROUPS",
     "ClassGroupStats",
     "ConfusionMetric",
