@@ -309,3 +309,86 @@ def test_ia_miou_merges_a_blob_inside_a_hole_into_the_surrounding_blob_as_the_of
     m = InstanceAwareMetric(2, variant="exact")
     m.process(pred, gt, inst)
     assert m.compute()["ia_iou"][1] == 1.0
+
+
+def _ring(a: np.ndarray, top: int, left: int, bottom: int, right: int, value: int, width: int = 1) -> None:
+    a[top:bottom, left:right] = value
+    a[top + width : bottom - width, left + width : right - width] = 0
+
+
+def _nested_scene(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(prediction, ground truth, instance map, K) with predicted blobs inside holes of blobs of
+    their class."""
+    if name == "rings in rings at the image edge":
+        pred = np.zeros((30, 30), np.uint8)
+        for r in (0, 4, 8):
+            _ring(pred, r, r, 30 - r, 30 - r, 1)
+        pred[13:17, 13:17] = 1
+        gt, inst = np.zeros_like(pred), np.zeros_like(pred)
+        for i, (rows, cols) in enumerate([(slice(0, 3), slice(5, 10)), (slice(13, 17),) * 2,
+                                          (slice(8, 10), slice(8, 20))]):  # fmt: skip
+            gt[rows, cols], inst[rows, cols] = 1, i + 1
+        return pred, gt, inst, 2
+    if name == "island touching the ignore band":
+        gt = np.zeros((20, 20), np.uint8)
+        gt[6:14, 6:14] = 1
+        inst = gt.copy()
+        for a in (gt, inst):
+            a[5, :] = 255
+            a[9, 9:12] = 255
+        pred = np.zeros_like(gt)
+        _ring(pred, 4, 4, 16, 16, 1, 2)
+        pred[8:11, 8:11] = 1
+        return pred, gt, inst, 2
+    if name == "1-px wall, hole at the box edge":
+        pred = np.zeros((10, 10), np.uint8)
+        _ring(pred, 2, 2, 8, 8, 1)
+        pred[4, 4] = 1
+        gt = np.zeros_like(pred)
+        gt[4:6, 4:6] = 1
+        gt[2, 2:5] = 1
+        inst = gt.copy()
+        inst[2, 2:5] = 2
+        return pred, gt, inst, 2
+    if name == "diagonal wall":  # the hole meets the outside only diagonally: still a hole
+        pred = np.zeros((9, 9), np.uint8)
+        for i in range(4):
+            pred[4 - i, i + 1] = pred[4 + i, i + 1] = pred[4 - i, 7 - i] = pred[4 + i, 7 - i] = 1
+        pred[4, 4] = 1
+        gt = np.zeros_like(pred)
+        gt[4, 3:6] = 1
+        return pred, gt, gt.copy(), 2
+    # "another class between": ring of 1, a square of 2 in its hole, an island of 1 in that
+    pred = np.zeros((12, 12), np.uint8)
+    _ring(pred, 1, 1, 11, 11, 1, 2)
+    pred[4:8, 4:8] = 2
+    pred[5:7, 5:7] = 1
+    gt = np.zeros_like(pred)
+    gt[4:8, 4:8] = 1
+    return pred, gt, gt.copy(), 3
+
+
+# scene → (official IoU stack, official class stack, the variant "exact"'s IoU sum of class 1)
+IA_NESTED = {
+    "rings in rings at the image edge": ([0.7055427251732102, 0.3440691910982682], [1, 3], 1.246031746031746),
+    "island touching the ignore band": (
+        [0.6702702702702703, 0.05426356589147287],
+        [1, 1],
+        0.11475409836065574,
+    ),
+    "1-px wall, hole at the box edge": ([0.7916666666666666, 0.325], [1, 2], 0.4),
+    "diagonal wall": ([0.825, 0.06666666666666667], [1, 1], 1 / 3),
+    "another class between": ([0.5, 0.05, 0.0], [1, 1, 0], 0.25),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IA_NESTED))
+def test_ia_miou_equals_the_official_code_on_blobs_in_holes(name):
+    pred, gt, inst, k = _nested_scene(name)
+    iou_stack, class_stack, exact = IA_NESTED[name]
+    classes, _, ious = image_instance_ious(pred, gt, k, inst)
+    np.testing.assert_array_equal(np.bincount(classes, None, k), class_stack)
+    np.testing.assert_allclose(np.bincount(classes, ious, k), iou_stack, rtol=1e-15, atol=0)
+    classes, _, ious = image_instance_ious(pred, gt, k, inst, variant="exact")
+    assert ious[classes == 1].sum() == pytest.approx(exact, rel=1e-15)
+    assert ious[classes == 0][0] == iou_stack[0]  # background is the same in both

@@ -13,13 +13,13 @@ from wsss.metrics.evaluate import evaluate_dataset, evaluate_dirs, evaluate_item
 from wsss.metrics.groups import VOC_GROUPS, ClassGroupStats, group_table, pearson, tertile_groups
 from wsss.metrics.ia_miou import (
     DEFAULT_BOUNDS,
-    IA_VARIANTS,
     InstanceAwareMetric,
     ia_scores,
     image_instance_ious,
     instances_from_components,
     instances_from_map,
 )
+from wsss.metrics.ia_miou import VARIANTS as IA_VARIANTS
 
 __all__ = [
     "DEFAULT_BOUNDS",

@@ -46,7 +46,6 @@ _PER_ID_LIMIT = 32  # instance maps with ids up to this are scanned id by id, ot
 # "official": as the authors' IAmIoU (blobs with holes filled, float-truncated share);
 # "exact": 8-connected blobs as they are, the share floored exactly (docs/methods.md §5.2)
 VARIANTS = ("official", "exact")
-IA_VARIANTS = VARIANTS  # as exported by wsss.metrics
 
 
 def _check_variant(variant: str) -> str:
