@@ -42,7 +42,7 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from scenes import NUM_CLASSES, voc_scene  # noqa: E402
+from scenes import NUM_CLASSES, speckle_scene, voc_scene  # noqa: E402
 
 from wsss.metrics import ConfusionMetric, InstanceAwareMetric  # noqa: E402
 from wsss.metrics.ia_miou import BUCKETS, DEFAULT_BOUNDS, size_bucket  # noqa: E402
@@ -60,8 +60,8 @@ def load_official(root: Path):
     return module
 
 
-def run_ours(scenes: list, use_png: bool) -> InstanceAwareMetric:
-    metric = InstanceAwareMetric(NUM_CLASSES)
+def run_ours(scenes: list, use_png: bool, variant: str = "official") -> InstanceAwareMetric:
+    metric = InstanceAwareMetric(NUM_CLASSES, variant=variant)
     for pred, gt, inst in scenes:
         metric.process(pred, gt, inst if use_png else None)
     metric.compute()
@@ -140,35 +140,49 @@ def timed(fn) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official", type=Path, help="root of a wsss_small_object_matters checkout")
-    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--images", type=int, help="number of scenes (default 200; 20 with --speckles)")
+    parser.add_argument(
+        "--speckles",
+        action="store_true",
+        help="scenes.speckle_scene (per-pixel speckles: many blobs inside holes) instead of voc_scene",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     cv2.setNumThreads(1)
     rng = np.random.default_rng(args.seed)
-    scenes = [voc_scene(rng) for _ in range(args.images)]
+    if args.images is None:
+        args.images = 20 if args.speckles else 200  # the official code takes ~1 s per speckle scene
+    make = speckle_scene if args.speckles else voc_scene
+    scenes = [make(rng) for _ in range(args.images)]
     megapixels = sum(s[1].size for s in scenes) / 1e6
     n_inst = sum(int(s[2][s[2] != 255].max()) for s in scenes)
     print(
-        f"{args.images} scenes 375×500, {n_inst} instances, seed {args.seed}; one thread; best of {args.repeats}"
+        f"{args.images} {'speckle' if args.speckles else 'VOC-like'} scenes 375×500, {n_inst} instances, "
+        f"seed {args.seed}; one thread; best of {args.repeats}"
     )
     official = load_official(args.official) if args.official else None
 
     if official is not None:
         print("numbers (instance PNGs):")
-        worst = compare(stacks_of_ours(run_ours(scenes, True)), run_official(official, scenes))
+        theirs = run_official(official, scenes)
+        worst = compare(stacks_of_ours(run_ours(scenes, True)), theirs)
         print(f"  max abs difference {worst:.3g}")
+        exact = stacks_of_ours(run_ours(scenes, True, "exact"))
+        apart = max(float(np.abs(np.asarray(theirs[k]) - exact[k]).max()) for k in theirs if "IoU" in k)
+        print(f"  (variant exact: max abs difference of the IoU sums {apart:.3g})")
         if not worst <= 1e-12:
             sys.exit("FAILED: our IA-mIoU differs from the official code's on these scenes")
 
     loops = max(1, 2000 // args.images)  # mIoU takes ~1 ms per image: time a few passes
+    ia_loops = max(1, 200 // args.images)  # ours ~1 ms too: at least 200 images a timing
     runs = {
-        "IA-mIoU ours, instance PNG": lambda: run_ours(scenes, True),
-        "IA-mIoU ours, components": lambda: run_ours(scenes, False),
+        "IA-mIoU ours, instance PNG": lambda: [run_ours(scenes, True) for _ in range(ia_loops)],
+        "IA-mIoU ours, components": lambda: [run_ours(scenes, False) for _ in range(ia_loops)],
+        "IA-mIoU ours, PNG, exact": lambda: [run_ours(scenes, True, "exact") for _ in range(ia_loops)],
         "mIoU ours (ConfusionMetric)": lambda: [run_confusion(scenes) for _ in range(loops)],
     }
-    work = {name: megapixels for name in runs}
-    work["mIoU ours (ConfusionMetric)"] *= loops
+    work = {name: megapixels * (ia_loops if name.startswith("IA") else loops) for name in runs}
     if official is not None:
         runs["IA-mIoU official"] = lambda: run_official(official, scenes)
         runs["mIoU official (_fast_hist)"] = lambda: [

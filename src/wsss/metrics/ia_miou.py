@@ -211,24 +211,27 @@ def _blob_ious(
     return ious, sizes
 
 
-def _blobs(pred_c: np.ndarray, filled: bool) -> tuple[int, np.ndarray]:
-    """(number of blobs + 1, int32 labels) of a window of one class's prediction (bool).
+def _blobs(pred_c: np.ndarray, filled: bool) -> tuple[int, np.ndarray, np.ndarray | None]:
+    """(number of blobs + 1, int32 labels, holes) of a window of one class's prediction (bool).
 
     ``filled``: the 8-connected components of the mask with its holes filled (a blob inside a
-    hole of another joins it, at any depth), labels kept on the mask's own pixels only. Holes:
-    the window padded by 1 px, the background flooded from its corner with 4-connectivity
-    (the background of an 8-connected foreground); what the flood does not reach is inside.
+    hole of another joins it, at any depth). Holes: the window padded by 1 px, the background
+    flooded from its corner with 4-connectivity (the background of an 8-connected foreground);
+    what the flood does not reach is inside. ``holes`` (uint8, 255 on the filled pixels that
+    are not the class's, else None) must then be counted as unlabelled: they are not the blob's.
     """
     mask = _as_u8(pred_c)
     if filled:
         padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
         reached = cv2.floodFill(padded, None, (0, 0), 2, flags=4)[0]
-        if reached + cv2.countNonZero(mask) < padded.size:  # holes
-            inside = cv2.compare(padded[1:-1, 1:-1], 2, cv2.CMP_NE)
-            n, labels = cv2.connectedComponents(inside, connectivity=8, ltype=cv2.CV_32S)
-            labels[~pred_c] = 0  # a filled hole's own pixels are not the blob's
-            return n, labels
-    return cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
+        if reached + cv2.countNonZero(mask) < padded.size:  # holes: the 0s left
+            inner = padded[1:-1, 1:-1]
+            n, labels = cv2.connectedComponents(
+                cv2.compare(inner, 2, cv2.CMP_NE), connectivity=8, ltype=cv2.CV_32S
+            )
+            return n, labels, cv2.compare(inner, 0, cv2.CMP_EQ)
+    n, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
+    return n, labels, None
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
@@ -280,13 +283,17 @@ def image_instance_ious(
                 n, _, stats, _ = cv2.connectedComponentsWithStats(_as_u8(gt_c[box]), connectivity=8)
                 m = n - 1
                 sizes, ious = stats[1:, cv2.CC_STAT_AREA].astype(np.int64), np.zeros(m)
-            else:  # the window holds all of gt == c, so the blob table counts the instances' sizes too
+            else:  # a window holding all of gt == c and all of the prediction of c
                 box = _union_box(box, pred_box)
                 n, components = cv2.connectedComponents(_as_u8(gt_c[box]), connectivity=8, ltype=cv2.CV_32S)
                 m = n - 1
-                num_blobs, blobs = _blobs(pred_c[box], official)
-                local = np.where(labelled[box], components, m + 1)
-                ious, sizes = _blob_ious(blobs, num_blobs - 1, local, m, official=official)
+                num_blobs, blobs, holes = _blobs(pred_c[box], official)
+                if holes is None:  # the table counts the instances' sizes too
+                    local, sizes = np.where(labelled[box], components, m + 1), None
+                else:  # filled holes count as unlabelled, so the sizes are counted apart
+                    local = np.where(labelled[box] & (holes == 0), components, m + 1)
+                    sizes = np.bincount(components.ravel(), minlength=n)[1:]
+                ious, sizes = _blob_ious(blobs, num_blobs - 1, local, m, sizes, official)
             out_class.append(np.full(m, c, dtype=np.int64))
             out_size.append(sizes)
             out_iou.append(ious)
@@ -304,11 +311,12 @@ def image_instance_ious(
             if box is None:
                 ious = np.zeros(m)
             else:
-                num_blobs, blobs = _blobs(pred_c[box], official)
+                num_blobs, blobs, holes = _blobs(pred_c[box], official)
                 lut = np.zeros(256, np.uint8)  # id → 1..m for the instances of c, 255 → m + 1
                 lut[ids_c] = np.arange(1, m + 1)
                 lut[IGNORE] = m + 1
-                local = cv2.LUT(inst[box], lut)
+                # filled holes count as unlabelled (255 → m + 1)
+                local = cv2.LUT(inst[box] if holes is None else cv2.max(inst[box], holes), lut)
                 ious, _ = _blob_ious(blobs, num_blobs - 1, local, m, sizes, official)
             out_class.append(np.full(m, c, dtype=np.int64))
             out_size.append(sizes)
