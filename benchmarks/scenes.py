@@ -119,3 +119,36 @@ def voc_scene(
     inst = visible[inst].astype(np.uint8)
     inst[band] = IGNORE
     return pred, gt, inst
+
+
+def speckle_scene(
+    rng: np.random.Generator, height: int = 375, width: int = 500, num_classes: int = NUM_CLASSES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prediction, ground truth, instance map) of the earlier metrics_throughput scenes: 3–10
+    overlapping elliptic instances, a 5-px ignore band, the ground truth shifted and partly
+    relabelled as prediction, and per-pixel speckles of random classes (dilated 0.1 % seeds),
+    which put many small blobs inside holes of blobs of their class. Instance ids are made
+    consecutive (1..n), as the official code requires."""
+    yy, xx = np.mgrid[:height, :width]
+    gt = np.zeros((height, width), np.uint8)
+    inst = np.zeros((height, width), np.uint8)
+    for j in range(int(rng.integers(3, 11))):
+        cy, cx = rng.integers(0, height), rng.integers(0, width)
+        ry, rx = rng.integers(3, max(4, height // 3)), rng.integers(3, max(4, width // 3))
+        mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        gt[mask] = rng.integers(1, num_classes)
+        inst[mask] = j + 1
+    border = ndimage.morphological_gradient(inst, size=(5, 5)) > 0
+    gt[border] = IGNORE
+    inst[border] = IGNORE
+    pred = np.roll(gt, tuple(rng.integers(-6, 7, size=2)), axis=(0, 1))
+    pred[pred == IGNORE] = 0
+    relabel = rng.random(num_classes) < 0.15
+    pred = np.where(relabel[pred], rng.integers(1, num_classes), pred).astype(np.uint8)
+    speckles = ndimage.binary_dilation(rng.random((height, width)) < 0.001, iterations=2)
+    pred[speckles] = rng.integers(0, num_classes, size=int(speckles.sum()))
+    ids = np.zeros(256, np.uint8)  # ids hidden by later instances or by the band give theirs away
+    present = np.flatnonzero(np.bincount(inst.ravel(), minlength=256)[1:IGNORE]) + 1
+    ids[present] = np.arange(1, present.size + 1)
+    ids[IGNORE] = IGNORE
+    return pred, gt, ids[inst]

@@ -65,6 +65,16 @@ def test_evaluate_json_contract(data, tmp_path):
     assert res["miou"] == pytest.approx(1.0) and res["ia_miou"] == pytest.approx(1.0)
     assert {"id", "name", "iou", "precision", "recall", "fpr", "fnr", "ia_iou"} <= set(res["per_class"][0])
     assert "mIoU" in proc.stdout and "100.0" in proc.stdout  # the table is in percent
+    assert res["ia_variant"] == "official"
+    proc = cli("evaluate", "--pred", str(data / "SegmentationClass"), "--gt", str(data / "SegmentationClass"),
+               "--num-classes", "4", "--ia-variant", "exact", "--json", str(out), "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["ia_variant"] == "exact"
+    run = json.loads((tmp_path / "eval.run.json").read_text())
+    assert "exact" in json.dumps(run)
+    proc = cli("evaluate", "--pred", str(data / "SegmentationClass"), "--gt", str(data / "SegmentationClass"),
+               "--num-classes", "4", "--ia-variant", "paper", "-q")  # fmt: skip
+    assert proc.returncode != 0 and "variant" in proc.stderr
 
 
 def test_pseudo_then_evaluate_with_oracle_cams_is_perfect_inside_objects(data, tmp_path):

@@ -104,6 +104,20 @@ def test_evaluate_dataset_workers_and_ids(val, preds):
     assert sub["num_images"] == 2
 
 
+def test_ia_variant_is_passed_to_the_metric_and_recorded(val, preds):
+    official = evaluate_dataset(preds, val, bounds=BOUNDS, groups=False, progress=False)
+    exact = evaluate_dataset(preds, val, bounds=BOUNDS, groups=False, workers=2, progress=False,
+                             ia_variant="exact")  # fmt: skip
+    assert official["ia_variant"] == "official" and exact["ia_variant"] == "exact"
+    direct = InstanceAwareMetric(K, BOUNDS, variant="exact")
+    for i in val.ids:
+        direct.process(load_label(preds / f"{i}.png", K), val.gt(i), load_instances(val.instance_path(i)))
+    assert exact["ia_miou"] == pytest.approx(direct.compute()["ia_miou"], rel=1e-12)
+    assert exact["miou"] == official["miou"]
+    with pytest.raises(WsssError, match="variant"):
+        evaluate_dataset(preds, val, bounds=BOUNDS, progress=False, ia_variant="paper")
+
+
 def test_perfect_predictions(val, tmp_path):
     res = evaluate_dirs(val.root / "SegmentationClass", val.root / "SegmentationClass", K, ids=val.ids,
                         progress=False)  # fmt: skip

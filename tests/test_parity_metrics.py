@@ -15,7 +15,7 @@ only our fixture and the numbers, not the reference code.
 - Seed 004, IA-mIoU: Cheolhyun-Mun/wsss_small_object_matters @
   629dd2c288c3200315dfc84c7ebbf5baab1c8381, ``libs/utils/metric.py`` ``IAmIoU()`` on the
   fixture's (instance map, ground truth, prediction), OpenCV 5.1.0; its per-class sums and
-  counts, overall and per size bucket. Two deliberate differences are recorded next to ours.
+  counts, overall and per size bucket, and two cases where the variant `exact` departs from it.
 - Seed 001, class groups: no code for Tables 1 and 3 is released, so the reference is the
   paper's Table 3 itself (arXiv 2305.12522v3), fed back through :func:`group_table`.
 """
@@ -267,7 +267,7 @@ def test_ia_miou_equals_the_official_code():
     assert np.isnan(r["ia_miou_medium"]) and np.isnan(r["ia_miou_large"])
 
 
-def test_ia_miou_floors_the_shared_area_exactly_where_the_official_code_rounds_in_floats():
+def test_ia_miou_truncates_the_shared_area_in_floats_as_the_official_code():
     # instances of 7 and 3 px (one class) under one blob with 90 unclaimed px: 7/10 · 90 = 63
     # exactly, but 0.7 · 90 = 62.99999999999999 in floats, which the official code truncates to 62
     gt = np.zeros((1, 102), np.uint8)
@@ -277,16 +277,19 @@ def test_ia_miou_floors_the_shared_area_exactly_where_the_official_code_rounds_i
     inst[0, 7:10] = 2
     pred = np.zeros_like(gt)
     pred[0, :100] = 1
+    official_sum = 0.20144927536231885  # the official IoU stack of class 1: 7/69 + 3/30
     classes, _, ious = image_instance_ious(pred, gt, 2, inst)
+    np.testing.assert_allclose(ious[classes == 1], [7 / 69, 3 / 30], rtol=1e-15)
+    assert ious[classes == 1].sum() == pytest.approx(official_sum, rel=1e-15)
+    # variant "exact" floors the exact rational: 63
+    classes, _, ious = image_instance_ious(pred, gt, 2, inst, variant="exact")
     np.testing.assert_allclose(ious[classes == 1], [7 / 70, 3 / 30], rtol=1e-15)
-    official_sum = 0.20144927536231885  # 7/69 + 3/30
-    assert official_sum == pytest.approx(7 / 69 + 3 / 30, rel=1e-15)
 
 
-def test_ia_miou_keeps_a_blob_inside_a_hole_apart_where_the_official_code_merges_it():
-    # a predicted ring around an instance, the instance predicted exactly inside the hole: two
-    # 8-connected blobs here (IoU 1); the official code fills the ring's outer contour first and
-    # counts the island as part of it (IoU 16/112)
+def test_ia_miou_merges_a_blob_inside_a_hole_into_the_surrounding_blob_as_the_official_code():
+    # a predicted ring around an instance, the instance predicted exactly inside the hole: the
+    # official code fills the ring's outer contour first and counts the island as part of it
+    # (IoU 16/112); variant "exact" keeps two 8-connected blobs (IoU 1)
     gt = np.zeros((20, 20), np.uint8)
     gt[8:12, 8:12] = 1
     inst = gt.copy()
@@ -294,7 +297,98 @@ def test_ia_miou_keeps_a_blob_inside_a_hole_apart_where_the_official_code_merges
     pred[3:17, 3:17] = 1
     pred[5:15, 5:15] = 0
     pred[8:12, 8:12] = 1
-    classes, _, ious = image_instance_ious(pred, gt, 2, inst)
-    assert ious[classes == 1][0] == 1.0
     official = [0.75, 0.14285714285714285]  # IoU stack: background, class 1
-    assert ious[classes == 0][0] == official[0] and official[1] == pytest.approx(16 / 112, rel=1e-15)
+    classes, _, ious = image_instance_ious(pred, gt, 2, inst)
+    assert ious[classes == 0][0] == official[0] and ious[classes == 1][0] == official[1]
+    assert official[1] == pytest.approx(16 / 112, rel=1e-15)
+    m = InstanceAwareMetric(2)
+    m.process(pred, gt, inst)
+    assert m.compute()["ia_miou"] == pytest.approx(sum(official) / 2, rel=1e-15)
+    classes, _, ious = image_instance_ious(pred, gt, 2, inst, variant="exact")
+    assert ious[classes == 1][0] == 1.0 and ious[classes == 0][0] == official[0]
+    m = InstanceAwareMetric(2, variant="exact")
+    m.process(pred, gt, inst)
+    assert m.compute()["ia_iou"][1] == 1.0
+
+
+def _ring(a: np.ndarray, top: int, left: int, bottom: int, right: int, value: int, width: int = 1) -> None:
+    a[top:bottom, left:right] = value
+    a[top + width : bottom - width, left + width : right - width] = 0
+
+
+def _nested_scene(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(prediction, ground truth, instance map, K) with predicted blobs inside holes of blobs of
+    their class."""
+    if name == "rings in rings at the image edge":
+        pred = np.zeros((30, 30), np.uint8)
+        for r in (0, 4, 8):
+            _ring(pred, r, r, 30 - r, 30 - r, 1)
+        pred[13:17, 13:17] = 1
+        gt, inst = np.zeros_like(pred), np.zeros_like(pred)
+        for i, (rows, cols) in enumerate([(slice(0, 3), slice(5, 10)), (slice(13, 17),) * 2,
+                                          (slice(8, 10), slice(8, 20))]):  # fmt: skip
+            gt[rows, cols], inst[rows, cols] = 1, i + 1
+        return pred, gt, inst, 2
+    if name == "island touching the ignore band":
+        gt = np.zeros((20, 20), np.uint8)
+        gt[6:14, 6:14] = 1
+        inst = gt.copy()
+        for a in (gt, inst):
+            a[5, :] = 255
+            a[9, 9:12] = 255
+        pred = np.zeros_like(gt)
+        _ring(pred, 4, 4, 16, 16, 1, 2)
+        pred[8:11, 8:11] = 1
+        return pred, gt, inst, 2
+    if name == "1-px wall, hole at the box edge":
+        pred = np.zeros((10, 10), np.uint8)
+        _ring(pred, 2, 2, 8, 8, 1)
+        pred[4, 4] = 1
+        gt = np.zeros_like(pred)
+        gt[4:6, 4:6] = 1
+        gt[2, 2:5] = 1
+        inst = gt.copy()
+        inst[2, 2:5] = 2
+        return pred, gt, inst, 2
+    if name == "diagonal wall":  # the hole meets the outside only diagonally: still a hole
+        pred = np.zeros((9, 9), np.uint8)
+        for i in range(4):
+            pred[4 - i, i + 1] = pred[4 + i, i + 1] = pred[4 - i, 7 - i] = pred[4 + i, 7 - i] = 1
+        pred[4, 4] = 1
+        gt = np.zeros_like(pred)
+        gt[4, 3:6] = 1
+        return pred, gt, gt.copy(), 2
+    # "another class between": ring of 1, a square of 2 in its hole, an island of 1 in that
+    pred = np.zeros((12, 12), np.uint8)
+    _ring(pred, 1, 1, 11, 11, 1, 2)
+    pred[4:8, 4:8] = 2
+    pred[5:7, 5:7] = 1
+    gt = np.zeros_like(pred)
+    gt[4:8, 4:8] = 1
+    return pred, gt, gt.copy(), 3
+
+
+# scene → (official IoU stack, official class stack, the variant "exact"'s IoU sum of class 1)
+IA_NESTED = {
+    "rings in rings at the image edge": ([0.7055427251732102, 0.3440691910982682], [1, 3], 1.246031746031746),
+    "island touching the ignore band": (
+        [0.6702702702702703, 0.05426356589147287],
+        [1, 1],
+        0.11475409836065574,
+    ),
+    "1-px wall, hole at the box edge": ([0.7916666666666666, 0.325], [1, 2], 0.4),
+    "diagonal wall": ([0.825, 0.06666666666666667], [1, 1], 1 / 3),
+    "another class between": ([0.5, 0.05, 0.0], [1, 1, 0], 0.25),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IA_NESTED))
+def test_ia_miou_equals_the_official_code_on_blobs_in_holes(name):
+    pred, gt, inst, k = _nested_scene(name)
+    iou_stack, class_stack, exact = IA_NESTED[name]
+    classes, _, ious = image_instance_ious(pred, gt, k, inst)
+    np.testing.assert_array_equal(np.bincount(classes, None, k), class_stack)
+    np.testing.assert_allclose(np.bincount(classes, ious, k), iou_stack, rtol=1e-15, atol=0)
+    classes, _, ious = image_instance_ious(pred, gt, k, inst, variant="exact")
+    assert ious[classes == 1].sum() == pytest.approx(exact, rel=1e-15)
+    assert ious[classes == 0][0] == iou_stack[0]  # background is the same in both

@@ -821,6 +821,13 @@ def evaluate(
         ),
     ] = None,
     workers: Annotated[int, typer.Option(min=1)] = 1,
+    ia_variant: Annotated[
+        str,
+        typer.Option(
+            help="IA-mIoU as the authors' code ('official': blobs with holes filled, float-truncated "
+            "share) or 'exact' (plain 8-connected blobs, exact floor)."
+        ),
+    ] = "official",
     quiet: Quiet = False,
 ) -> None:
     """mIoU, precision/recall/FPR/FNR, IA-mIoU (S/M/L) and class groups of a folder of predictions."""
@@ -836,14 +843,16 @@ def evaluate(
                         "expected one name per class, background first")  # fmt: skip
     id_list = read_id_list(ids) if ids else None
     res = evaluate_dirs(pred, gt, num_classes, instances_dir=instances, class_names=names,
-                        bounds=b, ids=id_list, workers=workers, progress=not quiet)  # fmt: skip
+                        bounds=b, ids=id_list, workers=workers, progress=not quiet,
+                        ia_variant=ia_variant)  # fmt: skip
     typer.echo(format_table(res))
     if res.get("num_gt_without_prediction"):
         typer.echo(f"note: {res['num_gt_without_prediction']} ground-truth images in {gt} have no prediction "
                    "and were not scored (pass --ids SPLIT.txt to require them)", err=True)  # fmt: skip
     if json_out:
         write_json(json_out, res)
-        record = {"pred": pred, "gt": gt, "instances": instances, "num_classes": num_classes, "bounds": b}
+        record = {"pred": pred, "gt": gt, "instances": instances, "num_classes": num_classes, "bounds": b,
+                  "ia_variant": ia_variant}  # fmt: skip
         write_run_json(json_out.parent, "evaluate", record, name=f"{json_out.stem}.run.json")
 
 

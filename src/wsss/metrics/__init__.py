@@ -19,9 +19,11 @@ from wsss.metrics.ia_miou import (
     instances_from_components,
     instances_from_map,
 )
+from wsss.metrics.ia_miou import VARIANTS as IA_VARIANTS
 
 __all__ = [
     "DEFAULT_BOUNDS",
+    "IA_VARIANTS",
     "VOC_GROUPS",
     "ClassGroupStats",
     "ConfusionMetric",

@@ -23,6 +23,7 @@ from wsss.io import WsssError, load_instances, load_label
 from wsss.metrics.confusion import ConfusionMetric
 from wsss.metrics.groups import ClassGroupStats, default_class_names
 from wsss.metrics.ia_miou import BUCKETS, DEFAULT_BOUNDS, InstanceAwareMetric
+from wsss.metrics.ia_miou import VARIANTS as IA_VARIANTS
 
 # (image id, prediction PNG, ground-truth PNG, instance PNG or None)
 Item = tuple[str, Path, Path, Path | None]
@@ -31,10 +32,17 @@ Item = tuple[str, Path, Path, Path | None]
 class EvaluationState:
     """The three metric states of a set of images; picklable, so workers can return it."""
 
-    def __init__(self, num_classes: int, class_names: list[str], bounds: tuple[int, int], groups: bool):
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: list[str],
+        bounds: tuple[int, int],
+        groups: bool,
+        ia_variant: str = "official",
+    ):
         self.num_classes = num_classes
         self.confusion = ConfusionMetric(num_classes, class_names)
-        self.ia = InstanceAwareMetric(num_classes, bounds, class_names)
+        self.ia = InstanceAwareMetric(num_classes, bounds, class_names, ia_variant)
         self.groups = ClassGroupStats(num_classes, class_names) if groups else None
         self.instance_sources = {"png": 0, "components": 0}
 
@@ -62,9 +70,9 @@ class EvaluationState:
             self.instance_sources[key] += n
 
 
-def _evaluate_chunk(args: tuple[list[Item], int, list[str], tuple[int, int], bool]) -> EvaluationState:
-    items, num_classes, class_names, bounds, groups = args
-    state = EvaluationState(num_classes, class_names, bounds, groups)
+def _evaluate_chunk(args: tuple[list[Item], int, list[str], tuple[int, int], bool, str]) -> EvaluationState:
+    items, num_classes, class_names, bounds, groups, ia_variant = args
+    state = EvaluationState(num_classes, class_names, bounds, groups, ia_variant)
     for item in items:
         state.process_files(item)
     return state
@@ -78,8 +86,12 @@ def evaluate_items(
     groups: bool = True,
     workers: int = 1,
     progress: bool = True,
+    ia_variant: str = "official",
 ) -> dict:
-    """Evaluate explicit (id, prediction, ground truth, instances) file tuples → the result dict."""
+    """Evaluate explicit (id, prediction, ground truth, instances) file tuples → the result dict.
+
+    ``ia_variant``: IA-mIoU as the authors' code (``"official"``) or ``"exact"`` (docs/methods.md §5.2).
+    """
     if not items:
         raise WsssError("no images to evaluate")
     if num_classes < 2:
@@ -90,8 +102,10 @@ def evaluate_items(
     bounds = (int(bounds[0]), int(bounds[1]))
     if not 0 < bounds[0] <= bounds[1]:
         raise WsssError(f"IA-mIoU bounds must satisfy 0 < small <= medium, got {bounds}")
+    if ia_variant not in IA_VARIANTS:
+        raise WsssError(f"IA-mIoU variant must be one of {', '.join(IA_VARIANTS)}, got {ia_variant!r}")
     t0 = time.perf_counter()
-    state = EvaluationState(num_classes, names, bounds, groups)
+    state = EvaluationState(num_classes, names, bounds, groups, ia_variant)
     workers = max(1, min(int(workers), len(items)))
     with tqdm(total=len(items), desc="evaluate", unit="img", disable=not progress) as bar:
         if workers == 1:
@@ -102,7 +116,7 @@ def evaluate_items(
             # a few chunks per worker balance the load; contiguous chunks merged in order keep it deterministic
             size = math.ceil(len(items) / (4 * workers))
             chunks = [items[i : i + size] for i in range(0, len(items), size)]
-            jobs = [(chunk, num_classes, names, bounds, groups) for chunk in chunks]
+            jobs = [(chunk, num_classes, names, bounds, groups, ia_variant) for chunk in chunks]
             # spawn: the parent may hold torch threads, which fork can deadlock
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
                 for chunk, part in zip(chunks, pool.imap(_evaluate_chunk, jobs), strict=True):
@@ -140,6 +154,7 @@ def summarize(state: EvaluationState, class_names: list[str]) -> dict:
         "num_images": state.confusion.num_images,
         "num_classes": state.num_classes,
         "bounds": list(ia["bounds"]),
+        "ia_variant": ia["variant"],
         "num_instances": {
             "foreground": int(ia["num_instances"][1:].sum()),
             **{b: int(ia[f"num_instances_{b}"].sum()) for b in BUCKETS},
@@ -186,6 +201,7 @@ def evaluate_dirs(
     groups: bool = True,
     workers: int = 1,
     progress: bool = True,
+    ia_variant: str = "official",
 ) -> dict:
     """Score ``pred_dir/<id>.png`` against ``gt_dir/<id>.png`` (and ``instances_dir/<id>.png``).
 
@@ -206,7 +222,7 @@ def evaluate_dirs(
         (i, pred_dir / f"{i}.png", gt_dir / f"{i}.png", inst_dir / f"{i}.png" if inst_dir else None)
         for i in ids
     ]
-    result = evaluate_items(items, num_classes, class_names, bounds, groups, workers, progress)
+    result = evaluate_items(items, num_classes, class_names, bounds, groups, workers, progress, ia_variant)
     result.update(
         {
             "pred_dir": str(pred_dir),
@@ -228,6 +244,7 @@ def evaluate_dataset(
     groups: bool = True,
     workers: int = 1,
     progress: bool = True,
+    ia_variant: str = "official",
 ) -> dict:
     """Score ``pred_dir/<id>.png`` for every id of a :class:`wsss.data.Dataset` split.
 
@@ -246,7 +263,7 @@ def evaluate_dataset(
             inst_path = None
         items.append((i, pred_dir / f"{i}.png", Path(gt_path), inst_path))
     result = evaluate_items(
-        items, dataset.num_classes, dataset.class_names, bounds, groups, workers, progress
+        items, dataset.num_classes, dataset.class_names, bounds, groups, workers, progress, ia_variant
     )
     result.update(
         {

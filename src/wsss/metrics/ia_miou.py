@@ -7,13 +7,14 @@ IA-mIoU scores each instance on its own and averages, so it does. Definition
 * Instances: the instance-id PNG when given (id 0 = none, 255 = ignore; the
   class of an instance is the ground-truth class of most of its pixels), else
   the 8-connected components of each ground-truth class.
-* For an instance g of class c, the prediction of c is split into 8-connected
-  blobs over the whole image, ignore pixels included (two parts joined only
-  through the ignore band are one blob); then only labelled pixels count.
-  For each blob B touching g: I = |B ∩ g|, O = |B ∩ other instances of c|;
-  contribution = |B| if O = 0, else I + ⌊I/(I+O) · (|B| − I − O)⌋ (the
-  blob's unclaimed area is shared in proportion to the overlaps).
-  IoU_g = ΣI / (|g| + Σcontribution − ΣI); no touching blob → 0.
+* For an instance g of class c, the prediction of c is split into blobs over the
+  whole image, ignore pixels included: the 8-connected components of the mask with its
+  holes filled (a blob inside a hole of another blob of c, at any depth, is part of it;
+  two parts joined only through the ignore band are one blob); then only the blob's own
+  predicted pixels that are labelled count. For each blob B touching g: I = |B ∩ g|,
+  O = |B ∩ other instances of c|; contribution = |B| if O = 0, else
+  I + int((I / (I + O)) · (|B| − I − O)) in float64 (the blob's unclaimed area is shared in
+  proportion to the overlaps). IoU_g = ΣI / (|g| + Σcontribution − ΣI); no touching blob → 0.
 * Background is one instance per image (IoU of the background masks over
   labelled pixels); an image without background pixels adds none.
 * IA-IoU_c = mean over all instances of c in the set; IA-mIoU = mean over
@@ -24,13 +25,11 @@ IA-mIoU scores each instance on its own and averages, so it does. Definition
 A "labelled" pixel has ground truth != 255 and, with an instance map, an
 instance id != 255 (the two agree on VOC).
 
-Against the official ``IAmIoU`` (tests/test_parity_metrics.py, benchmarks/
-ia_miou_vs_official.py: identical on generated VOC-like scenes) two deliberate differences
-remain: the share of a blob's unclaimed area is floored exactly here, where the official
-code truncates a float product (7/10 · 90 → 62 there, 63 here; ~1 in 10⁴ of the (I, O,
-rest) combinations), and a predicted blob lying in a hole of another blob of its class is
-its own blob here, where the official code's filled outer contour absorbs it. On maps that
-are not VOC-consistent it differs too (docs/methods.md §5.6).
+This is what the official ``IAmIoU`` computes (tests/test_parity_metrics.py, benchmarks/
+ia_miou_vs_official.py: identical numbers), the default ``variant="official"``. The variant
+``"exact"`` keeps every 8-connected blob apart (a blob in a hole is its own) and floors the
+share exactly (7/10 · 90: 63, where float64 truncation gives 62). On maps that are not
+VOC-consistent the official code differs (docs/methods.md §5.6).
 """
 
 from __future__ import annotations
@@ -44,6 +43,15 @@ IGNORE = 255
 BUCKETS = ("small", "medium", "large")
 DEFAULT_BOUNDS = (1024, 9216)  # 32², 96² (COCO's area ranges, as in the paper)
 _PER_ID_LIMIT = 32  # instance maps with ids up to this are scanned id by id, others histogrammed
+# "official": as the authors' IAmIoU (blobs with holes filled, float-truncated share);
+# "exact": 8-connected blobs as they are, the share floored exactly (docs/methods.md §5.2)
+VARIANTS = ("official", "exact")
+
+
+def _check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"IA-mIoU variant must be one of {VARIANTS}, got {variant!r}")
+    return variant
 
 
 def _present_classes(gt: np.ndarray, num_classes: int) -> list[int]:
@@ -156,14 +164,31 @@ def instances_from_map(
     return keep[inst], class_of_id
 
 
+def _share(inter: np.ndarray, claimed: np.ndarray, unclaimed: np.ndarray, official: bool) -> np.ndarray:
+    """The part of a blob's unclaimed area given to an instance with overlap I = ``inter`` when
+    the blob overlaps instances of its class by I + O = ``claimed`` (int64 arrays, broadcast).
+    ``official``: ``int((I / (I + O)) * unclaimed)`` in float64 — the same IEEE operations in
+    the same order as the official code, 1 px short of the exact value for ~1 in 10⁴ triples
+    (I = 7, O = 3, 90 unclaimed: 0.7 · 90 = 62.99999999999999 → 62); else ⌊I · unclaimed / (I + O)⌋."""
+    if official:
+        return (inter / np.maximum(claimed, 1) * unclaimed.astype(np.float64)).astype(np.int64)
+    return (inter * unclaimed) // np.maximum(claimed, 1)
+
+
 def _blob_ious(
-    blobs: np.ndarray, num_blobs: int, local: np.ndarray, m: int, sizes: np.ndarray | None = None
+    blobs: np.ndarray,
+    num_blobs: int,
+    local: np.ndarray,
+    m: int,
+    sizes: np.ndarray | None = None,
+    official: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(IoU, size) of each of m instances of one class, from the blob labels of its prediction
     (0 = not predicted) and the instances' local index at the same pixels (1..m, 0 = any other
     labelled pixel, m + 1 = unlabelled). Without ``sizes`` the window must hold every pixel of
     the instances, which are then counted here. The counts are integers; only the share of a
-    blob's unclaimed area is floored, as the definition says."""
+    blob's unclaimed area is rounded: ``official`` truncates the float64 product
+    ``(I / (I + O)) * unclaimed`` as the official code does, else it is floored exactly."""
     if (num_blobs + 1) * (m + 2) >= 1 << 31:
         blobs = blobs.astype(np.int64)
     cell = blobs * (m + 2) + local
@@ -176,8 +201,7 @@ def _blob_ious(
     claimed = inter.sum(axis=1, keepdims=True)  # I + O for every instance the blob touches
     others = claimed - inter
     unclaimed = blob_size - claimed
-    shared = inter + (inter * unclaimed) // np.maximum(claimed, 1)
-    contribution = np.where(others == 0, blob_size, shared)
+    contribution = np.where(others == 0, blob_size, inter + _share(inter, claimed, unclaimed, official))
     touching = inter > 0
     sum_inter = inter.sum(axis=0)
     sum_contribution = np.where(touching, contribution, 0).sum(axis=0)
@@ -185,6 +209,29 @@ def _blob_ious(
     ious = np.zeros(m, dtype=np.float64)
     np.divide(sum_inter, union, out=ious, where=sum_inter > 0)
     return ious, sizes
+
+
+def _blobs(pred_c: np.ndarray, filled: bool) -> tuple[int, np.ndarray, np.ndarray | None]:
+    """(number of blobs + 1, int32 labels, holes) of a window of one class's prediction (bool).
+
+    ``filled``: the 8-connected components of the mask with its holes filled (a blob inside a
+    hole of another joins it, at any depth). Holes: the window padded by 1 px, the background
+    flooded from its corner with 4-connectivity (the background of an 8-connected foreground);
+    what the flood does not reach is inside. ``holes`` (uint8, 255 on the filled pixels that
+    are not the class's, else None) must then be counted as unlabelled: they are not the blob's.
+    """
+    mask = _as_u8(pred_c)
+    if filled:
+        padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+        reached = cv2.floodFill(padded, None, (0, 0), 2, flags=4)[0]
+        if reached + cv2.countNonZero(mask) < padded.size:  # holes: the 0s left
+            inner = padded[1:-1, 1:-1]
+            n, labels = cv2.connectedComponents(
+                cv2.compare(inner, 2, cv2.CMP_NE), connectivity=8, ltype=cv2.CV_32S
+            )
+            return n, labels, cv2.compare(inner, 0, cv2.CMP_EQ)
+    n, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
+    return n, labels, None
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
@@ -201,14 +248,18 @@ def image_instance_ious(
     gt: np.ndarray,
     num_classes: int,
     instances: np.ndarray | None = None,
+    variant: str = "official",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-instance (class, size in labelled pixels, IoU) of one image; background is one
-    instance of class 0.
+    instance of class 0. ``variant`` (:data:`VARIANTS`): ``"official"`` (default) as the
+    authors' code, blobs with their holes filled and the shared area truncated in floats;
+    ``"exact"``: plain 8-connected blobs and the shared area floored exactly.
 
     Per class, only the bounding box of its prediction (with components: and of its ground
     truth) is labelled and counted, with OpenCV's connected components and one ``bincount``:
     about 1 ms for a VOC image on one core, where labelling whole maps took 6 ms.
     """
+    official = _check_variant(variant) == "official"
     pred = check_label_map("prediction", pred, num_classes, IGNORE)
     gt = check_label_map("ground truth", gt, num_classes, IGNORE)
     if pred.shape != gt.shape:
@@ -232,15 +283,17 @@ def image_instance_ious(
                 n, _, stats, _ = cv2.connectedComponentsWithStats(_as_u8(gt_c[box]), connectivity=8)
                 m = n - 1
                 sizes, ious = stats[1:, cv2.CC_STAT_AREA].astype(np.int64), np.zeros(m)
-            else:  # the window holds all of gt == c, so the blob table counts the instances' sizes too
+            else:  # a window holding all of gt == c and all of the prediction of c
                 box = _union_box(box, pred_box)
                 n, components = cv2.connectedComponents(_as_u8(gt_c[box]), connectivity=8, ltype=cv2.CV_32S)
                 m = n - 1
-                num_blobs, blobs = cv2.connectedComponents(
-                    _as_u8(pred_c[box]), connectivity=8, ltype=cv2.CV_32S
-                )
-                local = np.where(labelled[box], components, m + 1)
-                ious, sizes = _blob_ious(blobs, num_blobs - 1, local, m)
+                num_blobs, blobs, holes = _blobs(pred_c[box], official)
+                if holes is None:  # the table counts the instances' sizes too
+                    local, sizes = np.where(labelled[box], components, m + 1), None
+                else:  # filled holes count as unlabelled, so the sizes are counted apart
+                    local = np.where(labelled[box] & (holes == 0), components, m + 1)
+                    sizes = np.bincount(components.ravel(), minlength=n)[1:]
+                ious, sizes = _blob_ious(blobs, num_blobs - 1, local, m, sizes, official)
             out_class.append(np.full(m, c, dtype=np.int64))
             out_size.append(sizes)
             out_iou.append(ious)
@@ -258,13 +311,13 @@ def image_instance_ious(
             if box is None:
                 ious = np.zeros(m)
             else:
-                num_blobs, blobs = cv2.connectedComponents(
-                    _as_u8(pred_c[box]), connectivity=8, ltype=cv2.CV_32S
-                )
+                num_blobs, blobs, holes = _blobs(pred_c[box], official)
                 lut = np.zeros(256, np.uint8)  # id → 1..m for the instances of c, 255 → m + 1
                 lut[ids_c] = np.arange(1, m + 1)
                 lut[IGNORE] = m + 1
-                ious, _ = _blob_ious(blobs, num_blobs - 1, cv2.LUT(inst[box], lut), m, sizes)
+                # filled holes count as unlabelled (255 → m + 1)
+                local = cv2.LUT(inst[box] if holes is None else cv2.max(inst[box], holes), lut)
+                ious, _ = _blob_ious(blobs, num_blobs - 1, local, m, sizes, official)
             out_class.append(np.full(m, c, dtype=np.int64))
             out_size.append(sizes)
             out_iou.append(ious)
@@ -339,6 +392,7 @@ class InstanceAwareMetric:
         num_classes: int,
         bounds: tuple[int, int] = DEFAULT_BOUNDS,
         class_names: list[str] | None = None,
+        variant: str = "official",
     ):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -346,6 +400,7 @@ class InstanceAwareMetric:
             raise ValueError(f"bounds must be two sizes 0 < small <= medium, got {bounds}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
+        self.variant = _check_variant(variant)
         self.num_classes = int(num_classes)
         self.bounds = (int(bounds[0]), int(bounds[1]))
         self.class_names = list(class_names) if class_names is not None else None
@@ -353,7 +408,7 @@ class InstanceAwareMetric:
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def process(self, pred: np.ndarray, gt: np.ndarray, instances: np.ndarray | None = None) -> None:
-        self._parts.append(image_instance_ious(pred, gt, self.num_classes, instances))
+        self._parts.append(image_instance_ious(pred, gt, self.num_classes, instances, self.variant))
         self.num_images += 1
         if len(self._parts) >= 1024:  # bound the per-array overhead on large sets (COCO: 118k images)
             self.records()
@@ -372,6 +427,8 @@ class InstanceAwareMetric:
             raise ValueError("can only merge an InstanceAwareMetric with the same num_classes")
         if other.bounds != self.bounds:
             raise ValueError(f"cannot merge IA metrics with bounds {self.bounds} and {other.bounds}")
+        if other.variant != self.variant:
+            raise ValueError(f"cannot merge IA metrics of variants {self.variant} and {other.variant}")
         self._parts.append(other.records())
         self.records()
         self.num_images += other.num_images
@@ -384,4 +441,5 @@ class InstanceAwareMetric:
         classes, sizes, ious = self.records()
         out = ia_scores(classes, sizes, ious, self.num_classes, self.bounds)
         out["num_images"] = self.num_images
+        out["variant"] = self.variant
         return out
