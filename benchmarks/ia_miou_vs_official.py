@@ -44,9 +44,10 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from metrics_throughput import run_confusion  # noqa: E402
 from scenes import NUM_CLASSES, speckle_scene, voc_scene  # noqa: E402
 
-from wsss.metrics import ConfusionMetric, InstanceAwareMetric  # noqa: E402
+from wsss.metrics import InstanceAwareMetric  # noqa: E402
 from wsss.metrics.ia_miou import BUCKETS, DEFAULT_BOUNDS, size_bucket  # noqa: E402
 
 CLONE = "git clone https://github.com/Cheolhyun-Mun/wsss_small_object_matters"
@@ -76,13 +77,6 @@ def run_official(official, scenes: list) -> dict:
         for key, value in official.IAmIoU([inst], [gt], [pred], NUM_CLASSES).items():
             totals[key] = totals.get(key, 0) + value
     return totals
-
-
-def run_confusion(scenes: list) -> None:
-    metric = ConfusionMetric(NUM_CLASSES)
-    for pred, gt, _ in scenes:
-        metric.process(pred, gt)
-    metric.compute()
 
 
 def run_official_miou(official, scenes: list) -> None:
