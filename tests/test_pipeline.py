@@ -129,3 +129,17 @@ def test_a_second_run_into_a_busy_folder_is_refused(tiny_run, tmp_path):
         proc = wsss("run", "tiny", "--out", str(run), "--quiet", cwd=run.parent)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "another wsss run is writing" in proc.stderr
+
+
+def test_saliency_quality_in_worker_processes_equals_one_process(tiny_run):
+    """`evaluate.workers` spreads the (source, split) saliency scores over processes; the
+    numbers are those of the run's own one-process scoring."""
+    from wsss.pipeline import Pipeline, load_run_config
+
+    run, _ = tiny_run
+    record = json.loads((run / "run.json").read_text())
+    cfg = load_run_config("tiny")
+    cfg["out"] = str(run)
+    cfg["evaluate"]["workers"] = 2
+    quality = Pipeline(cfg, progress=False)._saliency_quality(["train", "val_balanced"])
+    assert quality == record["results"]["saliency_quality"]

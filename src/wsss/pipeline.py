@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing as mp
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -158,6 +160,15 @@ def tau_grid(spec: dict | list) -> list[float]:
     if not taus or min(taus) < 0 or max(taus) > 1:
         raise WsssError(f"τ grid {spec!r}: values must lie in [0, 1]")
     return taus
+
+
+def _saliency_scores(job: tuple) -> dict:
+    """MAE / max-F / IoU of one saliency folder on one split (a process pool's unit of work)."""
+    from wsss.saliency.metrics import evaluate_saliency
+
+    sal_dir, ds, progress = job
+    res = evaluate_saliency(sal_dir, ds, progress=progress)
+    return {k: res[k] for k in ("mae", "max_f", "iou", "num_images")}
 
 
 class Pipeline:
@@ -390,18 +401,25 @@ class Pipeline:
     def _saliency_quality(self, splits: list[str]) -> dict:
         """MAE / max-F / IoU of every saliency source against the GT foreground (seed 000 puts
         pseudo-label quality next to saliency quality)."""
-        from wsss.saliency.metrics import evaluate_saliency
-
-        out: dict[str, dict] = {}
+        jobs = []
         for split in splits:
             ds = self.dataset(split)
             if not ds.ids or ds.gt_path(ds.ids[0]) is None:
                 continue
-            for src, sal_dir in self.saliency_sources(ds).items():
-                if sal_dir is None:
-                    continue
-                res = evaluate_saliency(sal_dir, ds, progress=self.progress)
-                out.setdefault(src, {})[split] = {k: res[k] for k in ("mae", "max_f", "iou", "num_images")}
+            jobs += [
+                (src, split, sal_dir, ds) for src, sal_dir in self.saliency_sources(ds).items() if sal_dir
+            ]
+        workers = min(int(self.cfg["evaluate"].get("workers", 1)), len(jobs))
+        if workers > 1:  # one (source, split) per process: the same numbers, no progress bars
+            with mp.get_context("fork" if sys.platform.startswith("linux") else "spawn").Pool(
+                workers
+            ) as pool:
+                results = pool.map(_saliency_scores, [(sal_dir, ds, False) for _, _, sal_dir, ds in jobs])
+        else:
+            results = [_saliency_scores((sal_dir, ds, self.progress)) for _, _, sal_dir, ds in jobs]
+        out: dict[str, dict] = {}
+        for (src, split, _, _), res in zip(jobs, results, strict=True):
+            out.setdefault(src, {})[split] = res
         return out
 
     def _sweep(self, ds: Dataset) -> dict:
