@@ -177,6 +177,8 @@ def test_sweep_errors(sweep_setup, voc_like, tmp_path):
         sweep_tau(ds, cam_dir, saliency_dirs={"x": tmp_path / "x"}, progress=False)
     with pytest.raises(WsssError, match=">= 0"):
         sweep_tau(ds, cam_dir, taus=[-0.1], progress=False)
+    with pytest.raises(WsssError, match="device 'gpu0': expected auto, cpu or cuda"):
+        sweep_tau(ds, cam_dir, device="gpu0", progress=False)
     partial = tmp_path / "partial"
     _constructed_cams(ds, partial)
     (partial / f"{ds.ids[-1]}.npz").unlink()

@@ -16,6 +16,7 @@ import csv
 import io
 import math
 import multiprocessing as mp
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -145,7 +146,9 @@ def _run_chunk(ids: list[str]) -> tuple[int, dict[str, TauHistogram]]:
 
 
 def _sweep_device(device: str) -> str:
-    """ "numpy" for the CPU path, else the torch device to count on."""
+    """The NumPy path ("numpy") on the CPU, else the torch device to count on."""
+    if not (device in ("auto", "cpu", "numpy", "torch-cpu") or re.fullmatch(r"cuda(:\d+)?", device)):
+        raise WsssError(f"device {device!r}: expected auto, cpu or cuda[:N]")
     if device in ("cpu", "numpy"):
         return "numpy"
     if device == "auto" and not any(Path("/dev").glob("nvidia[0-9]*")):
