@@ -675,6 +675,14 @@ def write_run_json(
     return out
 
 
+def process_context():
+    """The multiprocessing context for pools of per-image work: fork on Linux (workers share
+    the parent's dataset, e.g. a large COCO index, without pickling it), spawn elsewhere."""
+    import multiprocessing
+
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
 def parse_shard(shard: str | tuple[int, int] | list[int] | None) -> tuple[int, int]:
     """``"i/N"`` or ``(i, N)`` → (i, N); None → torchrun's RANK/WORLD_SIZE, else (0, 1)."""
     if shard is None:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import multiprocessing as mp
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +39,7 @@ from wsss.config import (
     load_yaml,
 )
 from wsss.data import Dataset, build_dataset
-from wsss.io import WsssError, write_json, write_run_json
+from wsss.io import WsssError, process_context, write_json, write_run_json
 from wsss.report import markdown
 from wsss.stage import clear_folder, completed_step, folder_lock, input_fingerprint
 
@@ -411,9 +409,7 @@ class Pipeline:
             ]
         workers = min(int(self.cfg["evaluate"].get("workers", 1)), len(jobs))
         if workers > 1:  # one (source, split) per process: the same numbers, no progress bars
-            with mp.get_context("fork" if sys.platform.startswith("linux") else "spawn").Pool(
-                workers
-            ) as pool:
+            with process_context().Pool(workers) as pool:
                 results = pool.map(_saliency_scores, [(sal_dir, ds, False) for _, _, sal_dir, ds in jobs])
         else:
             results = [_saliency_scores((sal_dir, ds, self.progress)) for _, _, sal_dir, ds in jobs]

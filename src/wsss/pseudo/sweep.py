@@ -15,9 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-import multiprocessing as mp
 import re
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +30,7 @@ from wsss.io import (
     atomic_write_text,
     image_size,
     load_saliency,
+    process_context,
     write_json,
     write_run_json,
 )
@@ -174,7 +173,7 @@ def _count_on_device(job: _SweepJob, ids: list[str], counts: dict, workers: int,
         batch_size=8,
         num_workers=max(0, workers),
         collate_fn=job.batch_terms,
-        multiprocessing_context=_mp_context() if workers > 0 else None,
+        multiprocessing_context=process_context() if workers > 0 else None,
     )
     with torch.inference_mode():
         for batch in loader:
@@ -186,12 +185,6 @@ def _count_on_device(job: _SweepJob, ids: list[str], counts: dict, workers: int,
 def _chunks(ids: list[str], n: int) -> list[list[str]]:
     size = max(1, math.ceil(len(ids) / n))
     return [ids[i : i + size] for i in range(0, len(ids), size)]
-
-
-def _mp_context():
-    # fork shares the dataset (for COCO, a large annotation index) without pickling it;
-    # elsewhere spawn is the only safe choice
-    return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 # --------------------------------------------------------------------------- API
@@ -256,7 +249,7 @@ def sweep_tau(
                 bar.update(1)
         else:
             chunks = _chunks(ids, 4 * workers)
-            with _mp_context().Pool(
+            with process_context().Pool(
                 min(workers, len(chunks)), initializer=_init_worker, initargs=(job,)
             ) as pool:
                 for n_done, part in pool.imap(_run_chunk, chunks):
