@@ -93,25 +93,29 @@ def build_tables(rows: list[dict], methods: list[str], sources: list[str]) -> di
     def pick(pool: list[dict], **match: Any) -> list[dict]:
         return [r for r in pool if all(r[k] == v for k, v in match.items())]
 
-    splits = _unique([r["split"] for r in pseudo])
-    table1 = {
-        sp: {
-            m: {s: _stat([r["miou"] for r in pick(pseudo, split=sp, method=m, saliency=s)]) for s in sources}
-            for m in methods
-        }
-        for sp in splits
-    }
-    ia_keys = ("ia_miou", "ia_miou_small", "ia_miou_medium", "ia_miou_large")
-    ia = {
-        sp: {
-            m: {
-                s: {k: _stat([r[k] for r in pick(pseudo, split=sp, method=m, saliency=s)]) for k in ia_keys}
-                for s in sources
+    def grid(pool: list[dict], splits: list, column: str, values: list, summary) -> dict:
+        """split → method → value of ``column`` → summary of the matching rows."""
+        return {
+            sp: {
+                m: {v: summary(pick(pool, split=sp, method=m, **{column: v})) for v in values}
+                for m in methods
             }
-            for m in methods
+            for sp in splits
         }
-        for sp in splits
-    }
+
+    def miou(picked: list[dict]) -> dict:
+        return _stat([r["miou"] for r in picked])
+
+    splits = _unique([r["split"] for r in pseudo])
+    table1 = grid(pseudo, splits, "saliency", sources, miou)
+    ia_keys = ("ia_miou", "ia_miou_small", "ia_miou_medium", "ia_miou_large")
+    ia = grid(
+        pseudo,
+        splits,
+        "saliency",
+        sources,
+        lambda picked: {k: _stat([r[k] for r in picked]) for k in ia_keys},
+    )
     tau: dict[str, dict[str, dict[str, float | None]]] = {}
     if splits:  # τ is chosen once per (cell, source), on the sweep split: any eval split shows it
         for m in methods:
@@ -121,13 +125,7 @@ def build_tables(rows: list[dict], methods: list[str], sources: list[str]) -> di
             }
     seg_splits = _unique([r["split"] for r in seg])
     losses = _unique([r["loss"] for r in seg])
-    seg_table = {
-        sp: {
-            m: {loss: _stat([r["miou"] for r in pick(seg, split=sp, method=m, loss=loss)]) for loss in losses}
-            for m in methods
-        }
-        for sp in seg_splits
-    }
+    seg_table = grid(seg, seg_splits, "loss", losses, miou)
     return {
         "methods": methods,
         "sources": sources,
