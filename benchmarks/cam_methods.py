@@ -29,6 +29,8 @@ from wsss.pipeline import load_run_config, run_pipeline
 ENTRIES: dict[str, tuple[str, dict]] = {
     "cam": ("cam", {}),
     "puzzle": ("puzzle", {}),
+    # sensitivity row: the reconstruction weight α ramped to 1 instead of the authors' 4
+    "puzzle-a1": ("puzzle", {"method_options": {"alpha_max": 1.0}}),
     "oc-cse": ("oc-cse", {}),
     "p-oc": ("p-oc", {}),
     "p-noc": ("p-noc", {}),
