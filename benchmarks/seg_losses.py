@@ -5,8 +5,8 @@ scored on ``val`` and ``val_balanced`` (mIoU and IA-mIoU S/M/L, mean ± s.e.m. o
 Three phases, each resumable (finished outputs are skipped), so the CPU-bound part and the
 GPU-bound part can run on different machines::
 
-    # 1. labels: CAMs of the whole train split from the stage-1 benchmark's classifiers
-    #    (`make bench-methods`), thresholded at each cell's best τ with `good` saliency
+    # 1. labels: each stage-1 cell's train pseudo labels (`make bench-methods`: its best τ
+    #    with `good` saliency), indexed in OUT/labels/summary.json
     python benchmarks/seg_losses.py labels --cells runs/cam_methods --out runs/seg_losses
     # 2. train + predict + evaluate every (labels, loss, seed) cell; --jobs runs cells in
     #    parallel processes (several per GPU is fine for these small networks)
@@ -28,34 +28,26 @@ import time
 from pathlib import Path
 
 from wsss.data import build_dataset
-from wsss.data.synthetic import generate
 from wsss.io import atomic_write_text, read_json, write_json
 from wsss.metrics.stats import format_mean_sem, mean_sem
+from wsss.pipeline import load_run_config
 
 LOSSES = ("ce", "size-weighted", "size-balanced")
 SPLITS = ("val", "val_balanced")
 SCORES = ("miou", "ia_miou_small", "ia_miou_medium", "ia_miou_large", "ia_miou")
-# the demo recipe (SegTrainConfig's docstring): from scratch on 128-px images
-TRAIN = {
-    "backbone": "resnet18",
-    "head": "deeplab-v2",
-    "optimizer": "adamw",
-    "crop_size": 128,
-    "batch_size": 16,
-    "accumulate": 1,
-    "scale_range": [0.75, 1.25],
-    "weight_decay": 1e-4,
-}
-PREDICT_SCALES = (1.0,)  # + flip; the CPU budget of this benchmark
+# the demo's stage 4 (configs/demo.yaml: DeepLab-V2 on the ImageNet Lite0), epochs from --epochs
+_DEMO_SEG = load_run_config("demo")["seg"]
+TRAIN = {k: v for k, v in _DEMO_SEG["train"].items() if k != "epochs"}
+PREDICT_SCALES = tuple(_DEMO_SEG["predict"]["scales"])  # + flip
 
 
 # ------------------------------------------------------------------ phase 1: pseudo labels
 def make_labels(args) -> None:
-    from wsss.cam import infer_cams
-    from wsss.metrics.evaluate import evaluate_dataset
-    from wsss.pseudo.threshold import make_pseudo_labels
+    """Take each stage-1 cell's own train pseudo labels (its best τ with ``--saliency``).
 
-    ds = build_dataset("synthetic", args.data, "train")
+    The cells made them with the demo's inference settings and chose τ on them, so stage 4
+    trains on exactly the labels bench-methods scored.
+    """
     summary = {}
     for method in args.methods:
         for seed in args.seeds:
@@ -63,17 +55,13 @@ def make_labels(args) -> None:
             sweep = read_json(cell / "stages" / "sweep.json")["result"]
             if args.saliency not in sweep:
                 raise SystemExit(f"{cell}: no sweep for saliency {args.saliency!r} (has {sorted(sweep)})")
-            tau = float(sweep[args.saliency]["tau"])
-            cams = args.out / "cams" / method / f"seed{seed}"
-            labels = args.labels / method / f"seed{seed}"
-            t0 = time.perf_counter()
-            infer_cams(ds, cell / "cam", cams, scales=(0.5, 1.0, 1.5), flip=True, batch_size=16)
-            make_pseudo_labels(ds, cams, labels, tau, saliency_dir=ds.root / "saliency" / args.saliency)
-            res = evaluate_dataset(labels, ds, bounds=ds.ia_bounds, groups=False, workers=2)
+            labels = cell / "pseudo" / args.saliency / "train"
+            if not (labels / "settings.json").exists():
+                raise SystemExit(f"{labels}: no pseudo labels (run bench-methods for {method} seed {seed})")
             summary[f"{method}/seed{seed}"] = {
-                "tau": tau,
-                "train_miou": res["miou"],
-                "seconds": time.perf_counter() - t0,
+                "tau": float(sweep[args.saliency]["tau"]),
+                "train_miou": float(sweep[args.saliency]["miou"]),
+                "path": str(labels.resolve()),
             }
             print(json.dumps({f"{method}/seed{seed}": summary[f"{method}/seed{seed}"]}), flush=True)
     write_json(args.labels / "summary.json", summary)
@@ -106,7 +94,9 @@ def run_cell(
     done = cell / "scores.json"
     if done.exists():
         return read_json(done)
-    label_dir = None if labels == "gt" else str(Path(label_root) / labels / f"seed{seed}")
+    label_dir = None
+    if labels != "gt":
+        label_dir = read_json(Path(label_root) / "summary.json")[f"{labels}/seed{seed}"]["path"]
     config = SegTrainConfig.from_dict(
         {
             **TRAIN,
@@ -194,7 +184,8 @@ def table(args) -> None:
     for c in cells:
         groups.setdefault((c["labels"], c["loss"]), []).append(c)
     lines = [
-        "# Stage 4: DeepLab-V2 (ResNet-18, from scratch) on pseudo labels; mean ± s.e.m. over seeds (%)",
+        f"# Stage 4: DeepLab-V2 (ImageNet Lite0, the demo recipe, {args.epochs} epochs) on pseudo labels; "
+        "mean ± s.e.m. over seeds (%)",
         "",
     ]
     summary = args.labels / "summary.json"
@@ -238,9 +229,7 @@ def main() -> None:
     ap.add_argument(
         "--cells", type=Path, default=Path("runs/cam_methods"), help="the stage-1 benchmark's folder"
     )
-    ap.add_argument(
-        "--data", type=Path, default=None, help="demo dataset (default: CELLS/data, else OUT/data, generated)"
-    )
+    ap.add_argument("--data", type=Path, default=None, help="the dataset (default: CELLS/data)")
     ap.add_argument("--methods", nargs="*", default=["cam", "puzzle"], help="label sources besides gt")
     ap.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -252,11 +241,9 @@ def main() -> None:
     ap.add_argument("--max-images", type=int, default=0, help="first N images of each split (smoke tests)")
     ap.add_argument("--gt-all-losses", action="store_true", help="train the GT reference with every loss")
     args = ap.parse_args()
-    if args.data is None:  # the stage-1 benchmark's dataset, which its classifiers saw
-        args.data = args.cells / "data"
-        if not args.data.is_dir():
-            args.data = args.out / "data"
-            generate(args.data, "demo", seed=0)
+    args.data = args.data or args.cells / "data"  # the stage-1 benchmark's dataset
+    if not args.data.is_dir():
+        raise SystemExit(f"{args.data}: no dataset (run bench-methods first, or give --data)")
     args.labels = args.labels or args.out / "labels"
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     {"labels": make_labels, "train": train_cells, "table": table}[args.phase](args)
