@@ -19,7 +19,7 @@ from wsss.cam import CamTrainConfig
 from wsss.data import build_dataset
 from wsss.io import atomic_write_text, read_json, write_json
 from wsss.metrics.evaluate import evaluate_dataset
-from wsss.pipeline import tau_grid
+from wsss.pipeline import load_run_config, tau_grid
 from wsss.pseudo import (
     build_mask_generator,
     crf_refine,
@@ -32,7 +32,8 @@ from wsss.pseudo import (
     train_affinity,
 )
 
-TAUS = tau_grid({"start": 0.01, "stop": 0.6, "step": 0.01})
+_DEMO = load_run_config("demo")
+TAUS = tau_grid(_DEMO["pseudo"]["taus"])  # the demo's grid, as the cells
 
 
 class Steps:
@@ -64,16 +65,16 @@ class Steps:
         sal = self.ds.saliency_dir(self.args.saliency) if mode == "saliency" else None
         self.timed(f"rw_{mode}", lambda: make_affinity_labels(self.ds, self.cams, labels, mode=mode,
                                                              saliency_dir=sal, progress=False))  # fmt: skip
+        # IRN's way with the demo's ImageNet Lite0: the backbone frozen, the edge branch trained
+        demo = _DEMO["cam"]["train"]
+        keep = ("backbone", "pretrained", "batch_size", "optimizer", "lr", "crop_size", "scale_range")
         config = CamTrainConfig.from_dict(
             {
-                "backbone": "resnet18",
+                **{k: demo[k] for k in keep},
                 "epochs": self.args.affinity_epochs,
-                "batch_size": 16,
-                "optimizer": "adamw",
-                "crop_size": 128,
-                "scale_range": [0.75, 1.25],
                 "num_workers": 0,
                 "seed": self.args.seed,
+                "method_options": {"freeze_backbone": True},
             }
         )
         model = self.out / f"affinity_{mode}"

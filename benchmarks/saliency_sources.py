@@ -24,7 +24,7 @@ from pathlib import Path
 
 from wsss.data import build_dataset
 from wsss.io import atomic_write_text, read_json, write_json
-from wsss.pipeline import tau_grid
+from wsss.pipeline import load_run_config, tau_grid
 from wsss.pseudo.sweep import sweep_tau
 from wsss.saliency import build_saliency_source, make_saliency
 from wsss.saliency.metrics import evaluate_saliency
@@ -34,17 +34,13 @@ TRAINING_FREE = ("spectral-residual", "fine-grained")
 
 
 def c2am_train_config(args) -> dict:
-    """The demo's CAM recipe (ResNet-18 from scratch, AdamW), with C²AM's own epoch count."""
-    return {
-        "backbone": "resnet18",
-        "epochs": args.c2am_epochs,
-        "batch_size": 16,
-        "optimizer": "adamw",
-        "crop_size": 128,
-        "scale_range": [0.75, 1.25],
-        "num_workers": 0,
-        "seed": args.seed,
-    }
+    """The demo's CAM recipe (ImageNet Lite0, AdamW, 256-px crops), with C²AM's own epoch count.
+
+    C²AM's network has no frozen stages or head-conv option: the whole backbone trains.
+    """
+    demo = load_run_config("demo")["cam"]["train"]
+    keep = ("backbone", "pretrained", "batch_size", "optimizer", "lr", "crop_size", "scale_range")
+    return {**{k: demo[k] for k in keep}, "epochs": args.c2am_epochs, "num_workers": 0, "seed": args.seed}
 
 
 def build_sources(args, ds) -> dict[str, Path]:
@@ -73,7 +69,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["cam", "puzzle"])
     ap.add_argument("--seed", type=int, default=0, help="which cam_methods seed's CAMs to use")
     ap.add_argument("--max-images", type=int, default=500, help="the first N train images (as the cells)")
-    ap.add_argument("--c2am-epochs", type=int, default=8)
+    ap.add_argument("--c2am-epochs", type=int, default=3, help="the CAM cells' budget")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
 
@@ -82,7 +78,7 @@ def main() -> None:
         ds.ids = ds.ids[: args.max_images]
     dirs = build_sources(args, ds)
     quality = {name: evaluate_saliency(d, ds, progress=False) for name, d in dirs.items()}
-    taus = tau_grid({"start": 0.01, "stop": 0.6, "step": 0.01})
+    taus = tau_grid(load_run_config("demo")["pseudo"]["taus"])  # the demo's grid, as the cells
     sweeps = {}
     for method in args.methods:
         cams = args.cells / method / f"seed{args.seed}" / "cams"
