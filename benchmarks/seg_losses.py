@@ -234,7 +234,7 @@ def main() -> None:
     ap.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--saliency", default="good")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=8, help="8: stage 4 gains 10 points over the demo's 2")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--device", default=None)
     ap.add_argument("--labels", type=Path, default=None, help="pseudo-label root (default: OUT/labels)")
