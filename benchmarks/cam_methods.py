@@ -42,6 +42,14 @@ ENTRIES: dict[str, tuple[str, dict]] = {
 NEEDS_OC = {"oc-cse", "p-oc", "p-noc"}
 
 
+def demo_backbone_recipe(**fields) -> dict:
+    """The demo's CAM-training fields that any network on its backbone can share (weights,
+    optimiser, crops), plus ``fields``: how C²AM and the affinity net train in the benchmarks."""
+    demo = load_run_config("demo")["cam"]["train"]
+    keep = ("backbone", "pretrained", "batch_size", "optimizer", "lr", "crop_size", "scale_range")
+    return {**{k: demo[k] for k in keep}, "num_workers": 0, **fields}
+
+
 def cell_config(args, name: str, seed: int, data_root: Path) -> dict:
     method, extra = ENTRIES[name]
     base = load_run_config("demo")

@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from cam_methods import demo_backbone_recipe  # benchmarks/ is the script folder
+
 from wsss.cam import CamTrainConfig
 from wsss.data import build_dataset
 from wsss.io import atomic_write_text, read_json, write_json
@@ -32,8 +34,7 @@ from wsss.pseudo import (
     train_affinity,
 )
 
-_DEMO = load_run_config("demo")
-TAUS = tau_grid(_DEMO["pseudo"]["taus"])  # the demo's grid, as the cells
+TAUS = tau_grid(load_run_config("demo")["pseudo"]["taus"])  # the demo's grid, as the cells
 
 
 class Steps:
@@ -66,16 +67,12 @@ class Steps:
         self.timed(f"rw_{mode}", lambda: make_affinity_labels(self.ds, self.cams, labels, mode=mode,
                                                              saliency_dir=sal, progress=False))  # fmt: skip
         # IRN's way with the demo's ImageNet Lite0: the backbone frozen, the edge branch trained
-        demo = _DEMO["cam"]["train"]
-        keep = ("backbone", "pretrained", "batch_size", "optimizer", "lr", "crop_size", "scale_range")
         config = CamTrainConfig.from_dict(
-            {
-                **{k: demo[k] for k in keep},
-                "epochs": self.args.affinity_epochs,
-                "num_workers": 0,
-                "seed": self.args.seed,
-                "method_options": {"freeze_backbone": True},
-            }
+            demo_backbone_recipe(
+                epochs=self.args.affinity_epochs,
+                seed=self.args.seed,
+                method_options={"freeze_backbone": True},
+            )
         )
         model = self.out / f"affinity_{mode}"
         self.timed(f"rw_{mode}", lambda: train_affinity(self.ds, labels, model, config, progress=False))

@@ -22,6 +22,8 @@ import json
 import time
 from pathlib import Path
 
+from cam_methods import demo_backbone_recipe  # benchmarks/ is the script folder
+
 from wsss.data import build_dataset
 from wsss.io import atomic_write_text, read_json, write_json
 from wsss.pipeline import load_run_config, tau_grid
@@ -38,9 +40,7 @@ def c2am_train_config(args) -> dict:
 
     C²AM's network has no frozen stages or head-conv option: the whole backbone trains.
     """
-    demo = load_run_config("demo")["cam"]["train"]
-    keep = ("backbone", "pretrained", "batch_size", "optimizer", "lr", "crop_size", "scale_range")
-    return {**{k: demo[k] for k in keep}, "epochs": args.c2am_epochs, "num_workers": 0, "seed": args.seed}
+    return demo_backbone_recipe(epochs=args.c2am_epochs, seed=args.seed)
 
 
 def build_sources(args, ds) -> dict[str, Path]:
