@@ -30,11 +30,13 @@ from wsss.pipeline import load_run_config, run_pipeline
 ENTRIES: dict[str, tuple[str, dict]] = {
     "cam": ("cam", {}),
     "puzzle": ("puzzle", {}),
-    # sensitivity row: the reconstruction weight α ramped to 1 instead of the authors' 4
+    # sensitivity rows (-a1): the reconstruction weight α ramped to 1 instead of the authors' 4
     "puzzle-a1": ("puzzle", {"method_options": {"alpha_max": 1.0}}),
     "oc-cse": ("oc-cse", {}),
     "p-oc": ("p-oc", {}),
+    "p-oc-a1": ("p-oc", {"method_options": {"alpha_max": 1.0}}),
     "p-noc": ("p-noc", {}),
+    "p-noc-a1": ("p-noc", {"method_options": {"alpha_max": 1.0}}),
     "p-noc+ls": ("p-noc", {"label_smoothing": 0.1}),
     "eps": ("eps", {"saliency": "good"}),
     "smvwe": ("smvwe", {"saliency": "good"}),
@@ -103,6 +105,7 @@ def main() -> None:
     sources = ["none", args.saliency]
     rows: dict[str, list] = {}
     seeds_of: dict[str, list[int]] = {}
+    epochs_run: set[int] = set()  # from the cells (--finished-only may read cells of another budget)
     for name in order:
         per_seed = []
         for seed in args.seeds:
@@ -119,11 +122,13 @@ def main() -> None:
                 evals[s] = {"summary": ev, "groups": ev.get("groups", {})}
             per_seed.append(evals)
             seeds_of.setdefault(name, []).append(seed)
+            epochs_run.add(read_json(out / "config.json")["cam"]["train"]["epochs"])
         if per_seed:
             rows[name] = per_seed
 
     lines = [
-        f"# Stage-1 methods, {args.epochs} epochs each (mean ± s.e.m. over seeds, %)",
+        f"# Stage-1 methods, {'/'.join(map(str, sorted(epochs_run)))} epochs each "
+        "(mean ± s.e.m. over seeds, %)",
         "",
         "| method | seeds | " + " | ".join(f"mIoU {s} | τ {s}" for s in sources) + " |",
         "|---|---|" + "---|---|" * len(sources),
