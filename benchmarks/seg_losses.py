@@ -35,9 +35,17 @@ from wsss.pipeline import load_run_config
 LOSSES = ("ce", "size-weighted", "size-balanced")
 SPLITS = ("val", "val_balanced")
 SCORES = ("miou", "ia_miou_small", "ia_miou_medium", "ia_miou_large", "ia_miou")
-# the demo's stage 4 (configs/demo.yaml: DeepLab-V2 on the ImageNet Lite0), epochs from --epochs
+# the demo's stage 4 (configs/demo.yaml: DeepLab-V2 on the ImageNet Lite0), epochs from --epochs,
+# without the demo's two budget savings: every stage after the stem trains (the demo stops the
+# backward at stage 4), and the head learns at the base LR (the ×10 is SGD's convention; under
+# AdamW it starts the loss at ~9). On the demo's seed-0 `good` labels, 12 epochs: 75.4 mIoU on
+# val_balanced (the labels: 74.5) against 61.3 with the demo's settings at 8 epochs.
 _DEMO_SEG = load_run_config("demo")["seg"]
-TRAIN = {k: v for k, v in _DEMO_SEG["train"].items() if k != "epochs"}
+TRAIN = {
+    **{k: v for k, v in _DEMO_SEG["train"].items() if k != "epochs"},
+    "detach_stage": 0,
+    "head_lr_mult": 1.0,
+}
 PREDICT_SCALES = tuple(_DEMO_SEG["predict"]["scales"])  # + flip
 
 
@@ -184,7 +192,7 @@ def table(args) -> None:
     for c in cells:
         groups.setdefault((c["labels"], c["loss"]), []).append(c)
     lines = [
-        f"# Stage 4: DeepLab-V2 (ImageNet Lite0, the demo recipe, {args.epochs} epochs) on pseudo labels; "
+        f"# Stage 4: DeepLab-V2 (ImageNet Lite0, whole backbone, {args.epochs} epochs) on pseudo labels; "
         "mean ± s.e.m. over seeds (%)",
         "",
     ]
@@ -234,7 +242,7 @@ def main() -> None:
     ap.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--saliency", default="good")
-    ap.add_argument("--epochs", type=int, default=8, help="8: stage 4 gains 10 points over the demo's 2")
+    ap.add_argument("--epochs", type=int, default=12, help="12: the network reaches its labels (see TRAIN)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--device", default=None)
     ap.add_argument("--labels", type=Path, default=None, help="pseudo-label root (default: OUT/labels)")
