@@ -192,7 +192,9 @@ def table(args) -> None:
     for c in cells:
         groups.setdefault((c["labels"], c["loss"]), []).append(c)
     lines = [
-        f"# Stage 4: DeepLab-V2 (ImageNet Lite0, whole backbone, {args.epochs} epochs) on pseudo labels; "
+        # the cells' own budget: `table` may run with another --epochs than `train` did
+        f"# Stage 4: DeepLab-V2 (ImageNet Lite0, whole backbone, "
+        f"{'/'.join(map(str, sorted({c['epochs'] for c in cells})))} epochs) on pseudo labels; "
         "mean ± s.e.m. over seeds (%)",
         "",
     ]
