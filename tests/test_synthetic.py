@@ -22,6 +22,7 @@ from wsss.data.synthetic import (
     load_shape_bank,
     scaled_size_bounds,
     select_balanced_subset,
+    shape_bank_files,
     size_bucket,
 )
 from wsss.data.synthetic.textures import (
@@ -327,6 +328,43 @@ def test_shape_bank_replaces_the_procedural_shapes(tmp_path):
         ds.check_labels()
         for i in ds.ids:
             assert set(np.unique(ds.gt(i)).tolist()) <= {0, 1, 2, 255}
+
+
+def test_shape_bank_takes_anti_aliased_jpeg_and_flat_mpeg7_layouts(tmp_path):
+    """Any silhouette bank: soft edges and JPEG noise binarise to the same shape, and a flat
+    folder of <class>-<n>.gif files (MPEG-7 CE-Shape-1's layout) names its classes."""
+    hard = _disc(80, 24) > 0
+    soft = cv2.resize(_disc(160, 48), (80, 80), interpolation=cv2.INTER_AREA)  # anti-aliased edge
+    assert len(np.unique(soft)) > 2
+    flat = tmp_path / "flat"
+    _save(flat / "apple-1.gif", soft)
+    _save(flat / "apple-2.gif", 255 - _disc(80, 24))  # dark on white
+    _save(flat / "device0-1.gif", _disc(80, 10))
+    Image.fromarray(soft).save(flat / "device0-12.jpg", quality=60)
+    (flat / "notes.txt").write_text("not an image")
+    files = shape_bank_files(flat)
+    assert {k: [f.name for f in v] for k, v in files.items()} == {
+        "apple": ["apple-1.gif", "apple-2.gif"],
+        "device0": ["device0-1.gif", "device0-12.jpg"],
+    }
+    bank = load_shape_bank(flat)
+    crop = hard[np.ix_(hard.any(1), hard.any(0))]
+    for mask in (bank["apple"][0], bank["apple"][1], bank["device0"][1]):
+        assert abs(mask.shape[0] - crop.shape[0]) <= 2 and abs(mask.shape[1] - crop.shape[1]) <= 2
+        assert abs(int(mask.sum()) - int(crop.sum())) <= 0.05 * crop.sum()
+
+    root = generate(tmp_path / "out", "tiny", seed=0, shapes_dir=flat, progress=False, num_train=6, num_val=4)
+    assert json.loads((root / "dataset.json").read_text())["class_names"] == [
+        "background",
+        "apple",
+        "device0",
+    ]
+
+    numbered = tmp_path / "numbered"
+    _save(numbered / "0001.png", _disc())
+    with pytest.raises(WsssError) as e:
+        load_shape_bank(numbered)
+    assert str(e.value).startswith(str(numbered / "0001.png"))
 
 
 def test_shape_bank_errors_name_the_folder_or_file(tmp_path):

@@ -186,7 +186,11 @@ def synth(
     seed: Annotated[int, typer.Option(min=0)] = 0,
     shapes: Annotated[
         Path | None,
-        typer.Option(help="Shape bank: DIR/<class_name>/*.png silhouettes.", exists=True, file_okay=False),
+        typer.Option(
+            help="Shape bank: DIR/<class_name>/*.png, or a flat DIR/<class_name>-<n>.gif (MPEG-7).",
+            exists=True,
+            file_okay=False,
+        ),
     ] = None,
     sets: Sets = None,
     overwrite: bool = False,

@@ -41,6 +41,7 @@ from wsss.data.synthetic.shapes import (
     PART_NAMES,
     STUFF_NAMES,
     load_shape_bank,
+    shape_bank_files,
 )
 
 # internals the generator's tests exercise directly
@@ -69,6 +70,7 @@ __all__ = [
     "SynthConfig",
     "generate",
     "load_shape_bank",
+    "shape_bank_files",
     "scaled_size_bounds",
     "select_balanced_subset",
     "size_bucket",

@@ -18,7 +18,7 @@ from wsss.data.base import write_label_csv
 from wsss.data.synthetic.config import SynthConfig, _resolve_config, _validate
 from wsss.data.synthetic.layout import _make_scene, _Scene
 from wsss.data.synthetic.saliency import SALIENCY_SOURCES, _saliency_maps
-from wsss.data.synthetic.shapes import _ClassDef, _make_classes, load_shape_bank
+from wsss.data.synthetic.shapes import _ClassDef, _make_classes, load_shape_bank, shape_bank_files
 from wsss.data.synthetic.splits import _STREAM_SPLIT, _split_statistics, scaled_size_bounds
 from wsss.io import (
     IGNORE,
@@ -48,7 +48,7 @@ def _generate_image(
 
 def _bank_digest(shapes_dir: Path) -> str:
     h = hashlib.sha256()
-    for f in sorted(shapes_dir.rglob("*.png")):
+    for f in sorted(f for paths in shape_bank_files(shapes_dir).values() for f in paths):
         h.update(str(f.relative_to(shapes_dir)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()

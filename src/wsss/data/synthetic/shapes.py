@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import colorsys
 import math
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -42,30 +43,76 @@ _N_ANGLES = 72
 _ANGLES = np.linspace(0.0, 2.0 * np.pi, _N_ANGLES, endpoint=False)
 
 
-def load_shape_bank(shapes_dir: str | Path) -> dict[str, list[np.ndarray]]:
-    """``DIR/<class_name>/*.png`` binary silhouettes → {class name: [bool masks cropped to the shape]}.
+# image formats a silhouette may come in (MPEG-7's CE-Shape-1 ships GIFs, other banks PNG or JPEG)
+SILHOUETTE_SUFFIXES = (
+    ".png",
+    ".gif",
+    ".bmp",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".pbm",
+    ".pgm",
+    ".ppm",
+)
+# a silhouette may have anti-aliased or compressed edges, not a grey picture: at most this share
+# of its pixels may sit in the middle half of its grey range
+_MAX_MID_GREY = 0.15
+_FLAT_NAME = re.compile(r"^(.+?)[-_ ]*\d+$")
 
-    Class names are the sorted folder names. The foreground is the brighter value
-    (or the alpha channel when it has transparency); a picture whose border is mostly
-    foreground is taken as a dark shape on white and inverted.
-    """
+
+def shape_bank_files(shapes_dir: str | Path) -> dict[str, list[Path]]:
+    """The bank's files by class: ``DIR/<class_name>/<any>.png`` (class = folder), or a flat
+    ``DIR/<class_name>-<n>.gif`` folder as MPEG-7's CE-Shape-1 ships (class = the name before
+    its trailing number). Classes and files in name order; errors name the folder."""
     root = Path(shapes_dir)
     if not root.is_dir():
         raise WsssError(f"{root}: shape bank folder not found")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise WsssError(f"{root}: shape bank has no class folders (expected DIR/<class_name>/*.png)")
-    if len(folders) > 254:
-        raise WsssError(f"{root}: {len(folders)} class folders; label maps hold at most 254 classes")
-    bank: dict[str, list[np.ndarray]] = {}
-    for folder in folders:
-        files = sorted(
-            p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith(".")
+
+    def images(folder: Path) -> list[Path]:
+        return sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_file() and p.suffix.lower() in SILHOUETTE_SUFFIXES and not p.name.startswith(".")
         )
-        if not files:
-            raise WsssError(f"{folder}: no silhouette PNGs in this class folder")
-        bank[folder.name] = [_read_silhouette(f) for f in files]
-    return bank
+
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files: dict[str, list[Path]] = {}
+    if folders:
+        for folder in folders:
+            found = images(folder)
+            if not found:
+                raise WsssError(f"{folder}: no silhouette images in this class folder")
+            files[folder.name] = found
+    else:
+        for path in images(root):
+            m = _FLAT_NAME.match(path.stem)
+            name = m.group(1) if m else path.stem
+            if name.isdigit():
+                raise WsssError(
+                    f"{path}: a flat shape bank names files <class>-<n>; put each class in its own folder"
+                )
+            files.setdefault(name, []).append(path)
+    if not files:
+        raise WsssError(f"{root}: shape bank has no class folders (expected DIR/<class_name>/*.png)")
+    if len(files) > 254:
+        raise WsssError(f"{root}: {len(files)} classes; label maps hold at most 254 classes")
+    return dict(sorted(files.items()))
+
+
+def load_shape_bank(shapes_dir: str | Path) -> dict[str, list[np.ndarray]]:
+    """A shape bank (layouts: :func:`shape_bank_files`) → {class name: [bool masks cropped to
+    the shape]}.
+
+    The foreground is the brighter level (or the alpha channel when it has transparency),
+    split from the darker one at Otsu's threshold, so anti-aliased or JPEG edges are fine; a
+    picture whose border is mostly foreground is taken as a dark shape on white and inverted.
+    """
+    return {
+        name: [_read_silhouette(f) for f in paths] for name, paths in shape_bank_files(shapes_dir).items()
+    }
 
 
 def _read_silhouette(path: Path) -> np.ndarray:
@@ -80,17 +127,24 @@ def _read_silhouette(path: Path) -> np.ndarray:
                 arr = np.asarray(img.convert("L"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise WsssError(f"{path}: cannot read silhouette image ({e})") from None
-    values = np.unique(arr)
-    if values.size > 2:
-        raise WsssError(
-            f"{path}: not a binary silhouette ({values.size} grey levels; expected 2, e.g. 0 and 255)"
-        )
-    if values.size < 2:
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo == hi:
         raise WsssError(f"{path}: silhouette is a single flat value; expected a shape on a background")
-    mask = arr == values[1]
+    mid_grey = np.mean((arr > lo + (hi - lo) / 4) & (arr < hi - (hi - lo) / 4))
+    if mid_grey > _MAX_MID_GREY:
+        raise WsssError(
+            f"{path}: not a binary silhouette ({mid_grey:.0%} of its pixels are mid-grey; expected two "
+            "levels, e.g. 0 and 255, with anti-aliased edges at most)"
+        )
+    threshold, _ = cv2.threshold(
+        np.ascontiguousarray(arr, dtype=np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU
+    )
+    mask = arr > threshold
     border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
     if border.mean() > 0.5:
         mask = ~mask
+    if not mask.any():
+        raise WsssError(f"{path}: silhouette has no foreground")
     ys, xs = np.nonzero(mask)
     return mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].copy()
 
