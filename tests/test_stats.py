@@ -23,3 +23,11 @@ def test_format_pct():
     from wsss.metrics.stats import format_pct
 
     assert format_pct(0.5234) == "52.3" and format_pct(None) == "–" and format_pct(float("nan")) == "–"
+
+
+def test_signed_differences_keep_their_sign():
+    # paired differences −0.02, +0.04, +0.07: mean +0.03, sample std sqrt(0.0021) ≈ 0.0458
+    m, s, n = mean_sem([-0.02, 0.04, 0.07])
+    assert format_mean_sem((m, s, n), signed=True) == "+3.0 ± 2.6"
+    assert format_mean_sem(mean_sem([-0.031]), signed=True) == "-3.1"
+    assert format_mean_sem(mean_sem([0.031])) == "3.1"

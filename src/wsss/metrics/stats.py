@@ -20,14 +20,16 @@ def mean_sem(values: Iterable[float]) -> tuple[float, float, int]:
     return float(v.mean()), sem, int(v.size)
 
 
-def format_mean_sem(stats: tuple[float, float, int], scale: float = 100.0, digits: int = 1) -> str:
-    """``52.2 ± 0.3`` (percent by default); ``52.2`` for one value, ``–`` for none."""
+def format_mean_sem(
+    stats: tuple[float, float, int], scale: float = 100.0, digits: int = 1, *, signed: bool = False
+) -> str:
+    """``52.2 ± 0.3`` (percent by default); ``52.2`` for one value, ``–`` for none;
+    ``signed`` writes the mean's sign (``+3.1 ± 1.2``), for differences."""
     mean, sem, _ = stats
     if not math.isfinite(mean):
         return "–"
-    if not math.isfinite(sem):
-        return f"{scale * mean:.{digits}f}"
-    return f"{scale * mean:.{digits}f} ± {scale * sem:.{digits}f}"
+    text = f"{scale * mean:{'+' if signed else ''}.{digits}f}"
+    return text if not math.isfinite(sem) else f"{text} ± {scale * sem:.{digits}f}"
 
 
 def format_pct(value: float | None) -> str:
