@@ -188,3 +188,30 @@ def test_crop_pad_hand_made():
     crop = random_crop_pad(big, 4, rng)
     y0, x0 = divmod(int(crop[0, 0, 0]), 6)
     np.testing.assert_array_equal(crop, big[y0 : y0 + 4, x0 : x0 + 4])
+
+
+def test_alive_column_counts_last_map_channels_positive_in_the_window(
+    train_set, tmp_path, monkeypatch, capsys
+):
+    trainer = build_trainer(train_set, tmp_path / "unit", small_config(), progress=False)
+    hook = trainer._note_alive_channels
+    a = torch.full((2, 4, 3, 3), -1.0)
+    a[0, 0, 1, 1] = 1.0  # channel 0 positive at one pixel of one image
+    b = torch.full((1, 4, 3, 3), -1.0)
+    b[0, 2, 2, 0] = 0.5  # channel 2 in the next batch of the window
+    hook(trainer.model.backbone, None, [a])
+    with torch.no_grad():  # inference passes do not count
+        hook(trainer.model.backbone, None, [torch.ones(1, 4, 3, 3)])
+    hook(trainer.model.backbone, None, [b])
+    trainer._record({"loss": torch.tensor(1.0)}, force=True)
+    assert trainer.log_rows[-1]["alive"] == 0.5  # channels 0 and 2 of 4
+    assert trainer._alive is None  # a new window starts
+
+    # a real run logs the column and the final share, and warns when most channels are dead
+    monkeypatch.setattr("wsss.cam.base.DEAD_CHANNEL_WARNING", 1.01)
+    train_cam(train_set, tmp_path / "run", small_config(log_every=1), progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "train_log.csv")))
+    alive = [float(r["alive"]) for r in rows]
+    assert len(alive) == 2 and all(0.0 < x <= 1.0 for x in alive)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["final_alive"] == alive[-1]
+    assert "dead units" in capsys.readouterr().out

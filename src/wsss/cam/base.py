@@ -48,6 +48,8 @@ from wsss.stage import dataset_settings, stage_run
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.safetensors"
 LOG_NAME = "train_log.csv"
+# below this share of live last-map channels at the end of training, warn (see _note_alive_channels)
+DEAD_CHANNEL_WARNING = 0.5
 CHECKPOINT_VERSION = 1
 
 # Settings that may change between an interrupted run and its resumption.
@@ -327,6 +329,20 @@ class CamTrainer(abc.ABC):
         self.use_autocast = self.device.type == "cuda" and config.amp != "none"
         self.amp_dtype = torch.float16 if config.amp == "fp16" else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_autocast and config.amp == "fp16")
+        self._alive: torch.Tensor | None = None  # last-map channels positive in this log window
+        backbone = getattr(self.model, "backbone", None)
+        if isinstance(backbone, nn.Module):
+            backbone.register_forward_hook(self._note_alive_channels)
+
+    def _note_alive_channels(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        """Dead units: a channel of the backbone's last map that is positive nowhere in a batch
+        passes no gradient through its ReLU, and once dead it stays dead. A large share of them
+        is how too large a learning rate on pretrained weights shows (the log's ``alive``)."""
+        if not torch.is_grad_enabled():  # inference passes (e.g. another method's targets)
+            return
+        feats = output[-1] if isinstance(output, (list, tuple)) else output
+        seen = feats.detach().flatten(2).amax(dim=2).amax(dim=0) > 0
+        self._alive = seen if self._alive is None else self._alive | seen
 
     # ----------------------------------------------------------------- method hooks
     def build_models(self) -> None:
@@ -585,6 +601,7 @@ class CamTrainer(abc.ABC):
             "scaler": self.scaler.state_dict(),
             "log_sums": {k: float(v) for k, v in self._log_sums.items()},
             "log_count": self._log_count,
+            "log_alive": None if self._alive is None else self._alive.cpu(),
             "rng": rank_rng[0] if rank_rng else self.rng_state(),
             "extra": self.extra_state(),
         }
@@ -635,6 +652,8 @@ class CamTrainer(abc.ABC):
         self.elapsed_s = float(state["elapsed_s"])
         self._log_sums = dict(state["log_sums"])
         self._log_count = int(state["log_count"])
+        alive = state.get("log_alive")  # absent in checkpoints written before the alive column
+        self._alive = None if alive is None else alive.to(self.device)
         self.set_rng_state(state["rank_rng"][self.rank] if "rank_rng" in state else state["rng"])
         self.load_extra_state(state["extra"])
         self.log_rows = [r for r in self.read_log() if r["step"] <= self.global_step]
@@ -687,6 +706,13 @@ class CamTrainer(abc.ABC):
             "lr": self.optimizer.param_groups[0]["lr"],
             "time": round(self.elapsed_s, 3),
         }
+        if self._alive is not None:
+            # a channel counts as alive when any rank saw it positive (the same on every rank)
+            alive = (
+                dist.mean_across_ranks(self._alive.float()) if self.world_size > 1 else self._alive.float()
+            )
+            row["alive"] = round(float((alive > 0).float().mean()), 4)
+            self._alive = None
         row.update({k: v for k, v in means.items() if k != "loss"})
         self.log_rows.append(row)
         self._log_sums, self._log_count = {}, 0
@@ -818,8 +844,16 @@ class CamTrainer(abc.ABC):
                         self.total_steps * c.batch_size * self.world_size / max(self.elapsed_s, 1e-9), 2
                     ),
                     "final_loss": self.log_rows[-1]["loss"] if self.log_rows else None,
+                    "final_alive": self.log_rows[-1].get("alive") if self.log_rows else None,
                 },
             )
+            alive = self.log_rows[-1].get("alive") if self.log_rows else None
+            if alive is not None and alive < DEAD_CHANNEL_WARNING:
+                tqdm.write(
+                    f"warning: {self.out_dir}: only {alive:.0%} of the backbone's output channels were "
+                    f"positive anywhere in the last {self.config.log_every} steps (dead units); "
+                    "a lower lr or warmup_steps keeps pretrained features alive"
+                )
         dist.barrier()  # no rank returns (and reads the outputs) before rank 0 has written them
         return self.model_path
 
