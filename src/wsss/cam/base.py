@@ -825,6 +825,7 @@ class CamTrainer(abc.ABC):
         self.save_checkpoint()  # under DDP this also gives every rank rank 0's buffers
         self.save_final()
         if self.is_main:
+            final_alive = self.log_rows[-1].get("alive") if self.log_rows else None
             write_run_json(
                 self.out_dir,
                 self.stage_name,
@@ -844,13 +845,12 @@ class CamTrainer(abc.ABC):
                         self.total_steps * c.batch_size * self.world_size / max(self.elapsed_s, 1e-9), 2
                     ),
                     "final_loss": self.log_rows[-1]["loss"] if self.log_rows else None,
-                    "final_alive": self.log_rows[-1].get("alive") if self.log_rows else None,
+                    "final_alive": final_alive,
                 },
             )
-            alive = self.log_rows[-1].get("alive") if self.log_rows else None
-            if alive is not None and alive < DEAD_CHANNEL_WARNING:
+            if final_alive is not None and final_alive < DEAD_CHANNEL_WARNING:
                 tqdm.write(
-                    f"warning: {self.out_dir}: only {alive:.0%} of the backbone's output channels were "
+                    f"warning: {self.out_dir}: only {final_alive:.0%} of the backbone's output channels were "
                     f"positive anywhere in the last {self.config.log_every} steps (dead units); "
                     "a lower lr or warmup_steps keeps pretrained features alive"
                 )

@@ -141,10 +141,8 @@ def _read_silhouette(path: Path) -> np.ndarray:
     )
     mask = arr > threshold
     border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
-    if border.mean() > 0.5:
+    if border.mean() > 0.5:  # Otsu's threshold lies in [lo, hi): both sides are non-empty
         mask = ~mask
-    if not mask.any():
-        raise WsssError(f"{path}: silhouette has no foreground")
     ys, xs = np.nonzero(mask)
     return mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].copy()
 
