@@ -21,6 +21,7 @@ from wsss.io import IGNORE, WsssError, load_label, save_label
 from wsss.metrics.evaluate import evaluate_dataset
 from wsss.models.cam_net import IMAGENET_MEAN, IMAGENET_STD
 from wsss.models.seg_net import load_seg_model
+from wsss.pseudo.crf import CrfParams
 from wsss.seg.predict import predict_seg, tta_probs
 from wsss.seg.train import SegTrainConfig, SegTrainData, SegTrainer, build_seg_trainer, train_seg
 
@@ -287,6 +288,15 @@ def test_predict_writes_a_label_png_per_image_resumes_and_evaluates(trained, voc
     assert (crf_out / "run.shard1of2.json").is_file()
     for p in crf_out.glob("*.png"):
         load_label(p, val.num_classes, shape=(64, 64))
+    # stage 4's CRF is seed 004's post-processing preset, not the pseudo-label CRF's defaults
+    pinned = json.loads((crf_out / "settings.json").read_text())["settings"]["crf_params"]
+    assert pinned == {
+        **CrfParams().to_dict(),
+        "gauss_sxy": 1.0,
+        "bi_sxy": 67.0,
+        "bi_srgb": 3.0,
+        "bi_compat": 4.0,
+    }
 
 
 # --------------------------------------------------------------------------- 2 ranks

@@ -776,7 +776,9 @@ def seg_predict(
         bool | None,
         typer.Option("--flip/--no-flip", help="Add horizontally flipped inputs (default: the model's)."),
     ] = None,
-    crf: Annotated[bool, typer.Option(help="Dense CRF on the averaged probabilities.")] = False,
+    crf: Annotated[
+        bool, typer.Option(help="Dense CRF on the averaged probabilities (seed 004's settings).")
+    ] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, … (default: cuda if available).")] = None,
     shard: Shard = None,

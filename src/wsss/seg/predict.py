@@ -96,6 +96,8 @@ def predict_seg(
     """Write ``out_dir/<id>.png`` for ``ids`` (default: the whole split); returns ``out_dir``.
 
     ``scales``/``flip`` None: the model's own test procedure (:func:`default_tta`).
+    ``crf_params`` None with ``crf``: seed 004's post-processing CRF (:data:`SEG004_CRF_PARAMS`),
+    not the pseudo-label CRF's defaults, since stage 4 follows seed 004's DeepLab code.
     Existing outputs are skipped (resume); the model (sha256), scales, flip and CRF
     settings are pinned in ``settings.json`` so a rerun with others cannot mix outputs;
     ``shard=(i, N)``/``"i/N"`` takes every N-th id from the i-th (default: RANK/WORLD_SIZE).
@@ -111,7 +113,7 @@ def predict_seg(
         raise WsssError(f"{out_dir}: scales must be a non-empty list of positive numbers, got {scales}")
     if batch_size < 1:
         raise WsssError(f"{out_dir}: batch_size must be >= 1, got {batch_size}")
-    crf_params = crf_params if crf_params is not None else CrfParams()
+    crf_params = crf_params if crf_params is not None else SEG004_CRF_PARAMS
     shard = parse_shard(shard)
     mine = shard_list(dataset.select_ids(ids), shard)
     weights_file = model_weights_path(model_path)
